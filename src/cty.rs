@@ -1,0 +1,1 @@
+//! cty-msgpack: decoding what the Nomad client sends, encoding as it does.

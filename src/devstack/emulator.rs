@@ -1,0 +1,1 @@
+//! ECS emulator launcher (moto in a local venv, bound to loopback).

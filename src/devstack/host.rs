@@ -1,0 +1,1 @@
+//! Emulated Nomad client host: launches the plugin binary as Nomad does.

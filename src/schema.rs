@@ -1,0 +1,1 @@
+//! Our HCL schemas: one description yields the hclspec sent to Nomad and the tolerant decoder.
