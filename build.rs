@@ -23,6 +23,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_protos(&files.map(std::path::PathBuf::from), &[std::path::PathBuf::from("proto"), include])?;
+        .compile_protos(
+            &files.map(std::path::PathBuf::from),
+            &[std::path::PathBuf::from("proto"), include],
+        )?;
     Ok(())
 }

@@ -4,7 +4,16 @@
 //! translates wire types (`rpc`), implements Nomad's lifecycle verbs (`driver`)
 //! and talks to ECS (`ecs`). `devstack` holds the local development and test
 //! stack: an emulated Nomad client host and the ECS emulator launcher.
+pub mod config;
 pub mod cty;
 pub mod devstack;
+pub mod driver;
+pub mod ecs;
+pub mod error;
+pub mod logging;
+pub mod plugin;
 pub mod proto;
+pub mod rpc;
 pub mod schema;
+pub mod store;
+pub mod task_config;

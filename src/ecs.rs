@@ -1,0 +1,361 @@
+//! ECS access: the aws-sdk client (standard credential chain, endpoint
+//! override, rustls with ring), and the errors every ECS call maps to, by
+//! type, never by matching message text.
+
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_ecs::error::{ProvideErrorMetadata, SdkError};
+use thiserror::Error;
+
+use crate::config::Settings;
+
+/// Where and how to reach ECS.
+#[derive(Clone, Debug)]
+pub struct Ecs {
+    client: aws_sdk_ecs::Client,
+    region: String,
+    endpoint: String,
+}
+
+/// A failed ECS call, classified by what an operator or a retry can do.
+#[derive(Debug, Error)]
+pub enum EcsError {
+    /// No region in the config, the environment or the profile.
+    #[error("no AWS region: set `region` in the plugin block, NOMAD_ECS_REGION or AWS_REGION")]
+    NoRegion,
+    /// Connecting failed (refused, DNS, TLS).
+    #[error("cannot reach the ECS endpoint {endpoint}: {cause}")]
+    Unreachable {
+        /// The endpoint we tried.
+        endpoint: String,
+        /// The transport's explanation.
+        cause: String,
+    },
+    /// The call did not finish in time.
+    #[error("ECS {operation} timed out (endpoint {endpoint})")]
+    Timeout {
+        /// The API.
+        operation: &'static str,
+        /// The endpoint we tried.
+        endpoint: String,
+    },
+    /// The credential chain produced nothing usable.
+    #[error("no usable AWS credentials: {cause}")]
+    NoCredentials {
+        /// The provider chain's explanation.
+        cause: String,
+    },
+    /// AWS rejected the credentials.
+    #[error("AWS rejected the credentials ({code}): {message}")]
+    BadCredentials {
+        /// The AWS error code.
+        code: String,
+        /// The AWS message.
+        message: String,
+    },
+    /// The credentials are valid but lack a permission.
+    #[error("not allowed to call ECS {operation} ({code}): {message}")]
+    AccessDenied {
+        /// The API.
+        operation: &'static str,
+        /// The AWS error code.
+        code: String,
+        /// The AWS message.
+        message: String,
+    },
+    /// ECS throttled us after the SDK's retries.
+    #[error("ECS throttled {operation}: {message}")]
+    Throttled {
+        /// The API.
+        operation: &'static str,
+        /// The AWS message.
+        message: String,
+    },
+    /// Any other error ECS returned.
+    #[error("ECS {operation} failed ({code}): {message}")]
+    Service {
+        /// The API.
+        operation: &'static str,
+        /// The AWS error code.
+        code: String,
+        /// The AWS message.
+        message: String,
+        /// HTTP status, when a response arrived.
+        status: Option<u16>,
+    },
+    /// A response that could not be parsed (for example an HTML error page).
+    #[error("ECS {operation} returned an unreadable response{}: {cause}", status.map(|s| format!(" (HTTP {s})")).unwrap_or_default())]
+    BadResponse {
+        /// The API.
+        operation: &'static str,
+        /// HTTP status.
+        status: Option<u16>,
+        /// The parser's explanation.
+        cause: String,
+    },
+}
+
+impl EcsError {
+    /// Whether trying again later may succeed without anyone changing anything.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Unreachable { .. }
+            | Self::Timeout { .. }
+            | Self::Throttled { .. }
+            | Self::BadResponse { .. } => true,
+            Self::Service { status, .. } => status.is_some_and(|s| s >= 500),
+            Self::NoRegion
+            | Self::NoCredentials { .. }
+            | Self::BadCredentials { .. }
+            | Self::AccessDenied { .. } => false,
+        }
+    }
+}
+
+/// What DescribeClusters says about our cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClusterState {
+    /// ACTIVE, with its ARN.
+    Active {
+        /// The cluster ARN.
+        arn: String,
+    },
+    /// Reported in `failures` (reason MISSING) or not returned at all.
+    Missing,
+    /// Any status but ACTIVE (PROVISIONING, DEPROVISIONING, FAILED, INACTIVE).
+    NotActive {
+        /// The status ECS reported.
+        status: String,
+    },
+}
+
+impl Ecs {
+    /// Build a client for `settings`: region from the config or the SDK's
+    /// chain, endpoint override from the config (the SDK also honours
+    /// `AWS_ENDPOINT_URL_ECS`), bounded timeouts and the standard retry mode.
+    ///
+    /// # Errors
+    /// [`EcsError::NoRegion`] when no region can be found.
+    pub async fn connect(settings: &Settings) -> Result<Self, EcsError> {
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http)
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(3))
+                    .operation_attempt_timeout(Duration::from_secs(10))
+                    .operation_timeout(Duration::from_secs(30))
+                    .build(),
+            )
+            .retry_config(RetryConfig::standard().with_max_attempts(3));
+        if let Some(region) = &settings.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        let shared = loader.load().await;
+        let region = shared
+            .region()
+            .map(ToString::to_string)
+            .ok_or(EcsError::NoRegion)?;
+        let mut conf = aws_sdk_ecs::config::Builder::from(&shared);
+        if let Some(endpoint) = &settings.endpoint {
+            conf = conf.endpoint_url(endpoint);
+        }
+        let endpoint = settings
+            .endpoint
+            .clone()
+            .or_else(|| shared.endpoint_url().map(ToString::to_string))
+            .or_else(|| {
+                std::env::var("AWS_ENDPOINT_URL_ECS")
+                    .ok()
+                    .filter(|s| !s.is_empty())
+            })
+            .unwrap_or_else(|| format!("https://ecs.{region}.amazonaws.com"));
+        Ok(Self {
+            client: aws_sdk_ecs::Client::from_conf(conf.build()),
+            region,
+            endpoint,
+        })
+    }
+
+    /// The region calls go to.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// The endpoint calls go to (for messages).
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The SDK client.
+    pub fn client(&self) -> &aws_sdk_ecs::Client {
+        &self.client
+    }
+
+    /// DescribeClusters for one cluster.
+    ///
+    /// # Errors
+    /// [`EcsError`] for any failure of the call itself.
+    #[tracing::instrument(skip_all, fields(aws.ecs.cluster = cluster, rpc.method = "DescribeClusters"))]
+    pub async fn describe_cluster(&self, cluster: &str) -> Result<ClusterState, EcsError> {
+        let out = self
+            .client
+            .describe_clusters()
+            .clusters(cluster)
+            .send()
+            .await
+            .map_err(|e| self.classify("DescribeClusters", e))?;
+        let found = out
+            .clusters()
+            .iter()
+            .find(|c| c.cluster_name() == Some(cluster) || c.cluster_arn() == Some(cluster));
+        Ok(match found {
+            Some(c) if c.status() == Some("ACTIVE") => ClusterState::Active {
+                arn: c.cluster_arn().unwrap_or(cluster).to_string(),
+            },
+            Some(c) => ClusterState::NotActive {
+                status: c.status().unwrap_or("UNKNOWN").to_string(),
+            },
+            None => ClusterState::Missing,
+        })
+    }
+
+    /// Map an SDK error to [`EcsError`].
+    pub fn classify<E, R>(&self, operation: &'static str, err: SdkError<E, R>) -> EcsError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug + HttpStatus + Send + Sync + 'static,
+    {
+        classify(operation, &self.endpoint, err)
+    }
+}
+
+/// Access to a raw response's HTTP status, for the SDK's response types.
+pub trait HttpStatus {
+    /// The status code.
+    fn status_code(&self) -> u16;
+}
+
+impl HttpStatus for aws_smithy_runtime_api::http::Response {
+    fn status_code(&self) -> u16 {
+        self.status().as_u16()
+    }
+}
+
+/// Map an SDK error to [`EcsError`] by its type and AWS error code.
+pub fn classify<E, R>(operation: &'static str, endpoint: &str, err: SdkError<E, R>) -> EcsError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + HttpStatus + Send + Sync + 'static,
+{
+    if let Some(cause) = credentials_cause(&err) {
+        return EcsError::NoCredentials { cause };
+    }
+    let text = chain(Some(&err as &dyn std::error::Error));
+    match err {
+        SdkError::TimeoutError(_) => EcsError::Timeout {
+            operation,
+            endpoint: endpoint.to_string(),
+        },
+        SdkError::DispatchFailure(df) => {
+            if df.is_timeout() {
+                EcsError::Timeout {
+                    operation,
+                    endpoint: endpoint.to_string(),
+                }
+            } else {
+                EcsError::Unreachable {
+                    endpoint: endpoint.to_string(),
+                    cause: chain(df.as_connector_error().map(|c| c as &dyn std::error::Error)),
+                }
+            }
+        }
+        SdkError::ResponseError(re) => EcsError::BadResponse {
+            operation,
+            status: Some(re.raw().status_code()),
+            cause: text,
+        },
+        SdkError::ServiceError(se) => {
+            let status = se.raw().status_code();
+            let e = se.err();
+            let code = e.code().unwrap_or("Unknown").to_string();
+            let message = e.message().unwrap_or("").to_string();
+            match code.as_str() {
+                "UnrecognizedClientException"
+                | "InvalidSignatureException"
+                | "SignatureDoesNotMatch"
+                | "InvalidClientTokenId"
+                | "ExpiredTokenException"
+                | "ExpiredToken"
+                | "IncompleteSignature"
+                | "MissingAuthenticationToken" => EcsError::BadCredentials { code, message },
+                "AccessDeniedException" | "AccessDenied" => EcsError::AccessDenied {
+                    operation,
+                    code,
+                    message,
+                },
+                "ThrottlingException"
+                | "Throttling"
+                | "TooManyRequestsException"
+                | "RequestLimitExceeded" => EcsError::Throttled { operation, message },
+                _ => EcsError::Service {
+                    operation,
+                    code,
+                    message,
+                    status: Some(status),
+                },
+            }
+        }
+        other => EcsError::Service {
+            operation,
+            code: "Unknown".into(),
+            message: {
+                drop(other);
+                text
+            },
+            status: None,
+        },
+    }
+}
+
+/// When the failure is the credential chain's, its explanation.
+fn credentials_cause<E, R>(err: &SdkError<E, R>) -> Option<String>
+where
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug + 'static,
+{
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = src {
+        if let Some(c) = e.downcast_ref::<aws_credential_types::provider::error::CredentialsError>()
+        {
+            return Some(chain(Some(c as &dyn std::error::Error)));
+        }
+        src = e.source();
+    }
+    None
+}
+
+/// An error and its sources, joined with ": ", without repeats.
+fn chain(err: Option<&dyn std::error::Error>) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur = err;
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+        cur = e.source();
+    }
+    if parts.is_empty() {
+        "unknown error".into()
+    } else {
+        parts.join(": ")
+    }
+}
