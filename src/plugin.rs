@@ -139,7 +139,9 @@ fn private_socket_dir() -> std::io::Result<tempfile::TempDir> {
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
-    tempfile::Builder::new().prefix("plugin").tempdir_in(base)
+    let dir = tempfile::Builder::new().prefix("plugin").tempdir_in(base)?;
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    Ok(dir)
 }
 
 /// chown the socket (and its directory) to `group`, socket 0660, dir 0750.
