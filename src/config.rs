@@ -24,6 +24,7 @@ pub const KEYS: &[&str] = &[
     "api_budget",
     "nomad_address",
     "nomad_token",
+    "missing_grace",
 ];
 
 /// The agent `plugin` block's schema. No attribute carries an hclspec
@@ -42,6 +43,7 @@ pub fn schema() -> crate::schema::Object {
         .attr("api_budget", Ty::Number)
         .attr("nomad_address", Ty::String)
         .attr("nomad_token", Ty::String)
+        .attr("missing_grace", Ty::String)
 }
 
 /// Environment variable naming the optional TOML file.
@@ -80,6 +82,10 @@ pub struct Settings {
     pub nomad_address: Option<String>,
     /// Nomad ACL token (defaults to the agent's `NOMAD_TOKEN`). Never logged.
     pub nomad_token: Option<String>,
+    /// How long DescribeTasks may report a task MISSING (eventual
+    /// consistency) before the driver reports it lost.
+    #[serde(with = "duration")]
+    pub missing_grace: Duration,
 }
 
 impl Default for Settings {
@@ -95,6 +101,7 @@ impl Default for Settings {
             api_budget: 0.5,
             nomad_address: None,
             nomad_token: None,
+            missing_grace: Duration::from_secs(120),
         }
     }
 }
@@ -115,6 +122,7 @@ impl std::fmt::Debug for Settings {
                 "nomad_token",
                 &self.nomad_token.as_ref().map(|_| "<redacted>"),
             )
+            .field("missing_grace", &self.missing_grace)
             .finish()
     }
 }
@@ -234,6 +242,7 @@ fn validate(s: &Settings, fig: &Figment) -> Result<(), ConfigError> {
     for (field, d) in [
         ("reconcile_interval", s.reconcile_interval),
         ("fingerprint_interval", s.fingerprint_interval),
+        ("missing_grace", s.missing_grace),
     ] {
         if d < bounds.0 || d > bounds.1 {
             return Err(invalid(field, format!("{d:?} is outside 100ms..1h")));

@@ -1,5 +1,10 @@
 //! The driver: Nomad's lifecycle semantics over ECS. It owns the current
-//! configuration and the ECS client; plugin RPCs call into it.
+//! configuration, the store and the reconciler; plugin RPCs call into it. It
+//! never talks to ECS about tasks itself: it records desired state and waits
+//! on the reconciler.
+
+pub mod handle;
+pub mod lifecycle;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{self, Settings};
 use crate::ecs::{ClusterState, Ecs};
 use crate::error::DriverError;
-use crate::store::StateDir;
+use crate::reconcile::{self, Reconciler};
+use crate::store::{SledStore, StateDir, Store};
 
 /// The name jobs use: `driver = "ecs"` (upstream's name).
 pub const NAME: &str = "ecs";
@@ -64,7 +70,15 @@ pub struct Configured {
 pub struct Driver {
     shutdown: CancellationToken,
     current: watch::Sender<Option<Arc<Configured>>>,
-    state_dir: Mutex<Option<StateDir>>,
+    runtime: Mutex<Option<Arc<Runtime>>>,
+}
+
+/// The open store and the running reconciler.
+pub struct Runtime {
+    /// The locked state directory.
+    pub state_dir: StateDir,
+    /// The reconciler's handle.
+    pub reconciler: reconcile::Handle,
 }
 
 impl Driver {
@@ -73,8 +87,13 @@ impl Driver {
         Self {
             shutdown,
             current: watch::Sender::new(None),
-            state_dir: Mutex::new(None),
+            runtime: Mutex::new(None),
         }
+    }
+
+    /// The store and reconciler, once the plugin is configured for real.
+    pub async fn runtime(&self) -> Option<Arc<Runtime>> {
+        self.runtime.lock().await.clone()
     }
 
     /// Apply a plugin config (decoded by the schema). Idempotent: the same
@@ -91,33 +110,64 @@ impl Driver {
         for_real: bool,
     ) -> Result<(), DriverError> {
         let settings = config::load(Some(block)).map_err(DriverError::Config)?;
-        if for_real && settings.enabled {
-            let mut held = self.state_dir.lock().await;
-            match held.as_ref() {
-                Some(dir) if dir.path() != settings.state_dir => {
-                    return Err(DriverError::StateDirChanged {
-                        open: dir.path().to_path_buf(),
-                        requested: settings.state_dir.clone(),
-                    });
-                }
-                Some(_) => {}
-                None => *held = Some(StateDir::open(&settings.state_dir, STATE_DIR_WAIT).await?),
-            }
-        }
-        if self
+        let unchanged = self
             .current
             .borrow()
             .as_ref()
-            .is_some_and(|c| c.settings == settings)
-        {
-            tracing::debug!("SetConfig: configuration unchanged");
-            return Ok(());
-        }
-        let ecs = if settings.enabled {
+            .is_some_and(|c| c.settings == settings);
+        let ecs = if unchanged {
+            self.configured()
+                .and_then(|c| c.ecs.clone().ok())
+                .ok_or("disabled".to_string())
+        } else if settings.enabled {
             Ecs::connect(&settings).await.map_err(|e| e.to_string())
         } else {
             Err("disabled".to_string())
         };
+        if for_real && settings.enabled {
+            let mut held = self.runtime.lock().await;
+            match held.as_ref() {
+                Some(rt) if rt.state_dir.path() != settings.state_dir => {
+                    return Err(DriverError::StateDirChanged {
+                        open: rt.state_dir.path().to_path_buf(),
+                        requested: settings.state_dir.clone(),
+                    });
+                }
+                Some(rt) => {
+                    if let Ok(ecs) = &ecs {
+                        rt.reconciler.set_ecs(ecs.clone()).await;
+                    }
+                }
+                None => {
+                    if let Ok(ecs) = &ecs {
+                        let dir = StateDir::open(&settings.state_dir, STATE_DIR_WAIT)
+                            .await
+                            .map_err(DriverError::StateDir)?;
+                        let store: Arc<dyn Store> =
+                            Arc::new(SledStore::open(dir.path()).map_err(DriverError::StateDir)?);
+                        let (reconciler, handle) = Reconciler::new(
+                            store,
+                            ecs.clone(),
+                            settings.clone(),
+                            reconcile::plan::Policy::from_settings(&settings),
+                        );
+                        tokio::spawn(reconciler.run(self.shutdown.clone()));
+                        *held = Some(Arc::new(Runtime {
+                            state_dir: dir,
+                            reconciler: handle,
+                        }));
+                    } else {
+                        // Without a client nothing can run; still hold the
+                        // directory so no second process takes it meanwhile.
+                        let _ = held;
+                    }
+                }
+            }
+        }
+        if unchanged {
+            tracing::debug!("SetConfig: configuration unchanged");
+            return Ok(());
+        }
         tracing::info!(
             enabled = settings.enabled,
             cluster = %settings.cluster,

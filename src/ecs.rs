@@ -1,6 +1,10 @@
 //! ECS access: the aws-sdk client (standard credential chain, endpoint
-//! override, rustls with ring), and the errors every ECS call maps to, by
-//! type, never by matching message text.
+//! override, rustls with ring, adaptive retries, a client-side token bucket
+//! per API category), the few operations the driver needs, and the errors
+//! every ECS call maps to, by type, never by matching message text.
+
+pub mod budget;
+pub mod model;
 
 use std::time::Duration;
 
@@ -11,6 +15,8 @@ use aws_sdk_ecs::error::{ProvideErrorMetadata, SdkError};
 use thiserror::Error;
 
 use crate::config::Settings;
+use budget::{Budget, Category};
+pub use model::{CallCounts, ContainerState, EcsTask, RunOutcome, RunSpec, StopOutcome};
 
 /// Where and how to reach ECS.
 #[derive(Clone, Debug)]
@@ -18,6 +24,8 @@ pub struct Ecs {
     client: aws_sdk_ecs::Client,
     region: String,
     endpoint: String,
+    budget: std::sync::Arc<Budget>,
+    calls: std::sync::Arc<CallCounts>,
 }
 
 /// A failed ECS call, classified by what an operator or a retry can do.
@@ -154,7 +162,12 @@ impl Ecs {
                     .operation_timeout(Duration::from_secs(30))
                     .build(),
             )
-            .retry_config(RetryConfig::standard().with_max_attempts(3));
+            .retry_config(
+                RetryConfig::adaptive()
+                    .with_max_attempts(4)
+                    .with_initial_backoff(Duration::from_millis(200))
+                    .with_max_backoff(Duration::from_secs(5)),
+            );
         if let Some(region) = &settings.region {
             loader = loader.region(aws_config::Region::new(region.clone()));
         }
@@ -181,6 +194,8 @@ impl Ecs {
             client: aws_sdk_ecs::Client::from_conf(conf.build()),
             region,
             endpoint,
+            budget: std::sync::Arc::new(Budget::new(settings.api_budget)),
+            calls: std::sync::Arc::default(),
         })
     }
 
@@ -199,12 +214,240 @@ impl Ecs {
         &self.client
     }
 
+    /// Calls made so far, per operation.
+    pub fn calls(&self) -> &CallCounts {
+        &self.calls
+    }
+
+    /// The read bucket's sustained rate (calls per second), for pacing passes.
+    pub fn read_rate(&self) -> f64 {
+        self.budget.bucket(Category::ResourceRead).rate()
+    }
+
+    async fn admit(&self, category: Category, operation: &'static str) {
+        let waited = self.budget.bucket(category).acquire().await;
+        self.calls.count(operation);
+        if waited > Duration::from_millis(100) {
+            tracing::debug!(
+                operation,
+                waited_ms = waited.as_millis() as u64,
+                "token bucket wait"
+            );
+        }
+    }
+
+    /// RunTask for one task, idempotent through the spec's client token.
+    ///
+    /// # Errors
+    /// [`EcsError`] when the call fails; placement failures are an
+    /// `Ok(RunOutcome::Failed)`.
+    #[tracing::instrument(skip_all, fields(rpc.method = "RunTask", aws.ecs.cluster = %spec.cluster))]
+    pub async fn run_task(&self, spec: &RunSpec) -> Result<RunOutcome, EcsError> {
+        use aws_sdk_ecs::types::{
+            AssignPublicIp, AwsVpcConfiguration, LaunchType, NetworkConfiguration, Tag,
+        };
+        self.admit(Category::ResourceModify, "RunTask").await;
+        let mut req = self
+            .client
+            .run_task()
+            .cluster(&spec.cluster)
+            .task_definition(&spec.task_definition)
+            .count(1)
+            .client_token(&spec.client_token)
+            .started_by(&spec.started_by);
+        if let Some(lt) = spec.launch_type {
+            req = req.launch_type(LaunchType::from(lt.as_str()));
+        }
+        if let Some(vpc) = &spec.vpc {
+            let mut v = AwsVpcConfiguration::builder().set_subnets(Some(vpc.subnets.clone()));
+            if !vpc.security_groups.is_empty() {
+                v = v.set_security_groups(Some(vpc.security_groups.clone()));
+            }
+            if let Some(p) = vpc.assign_public_ip {
+                v = v.assign_public_ip(if p {
+                    AssignPublicIp::Enabled
+                } else {
+                    AssignPublicIp::Disabled
+                });
+            }
+            let v = v.build().map_err(|e| EcsError::Service {
+                operation: "RunTask",
+                code: "ClientValidation".into(),
+                message: e.to_string(),
+                status: None,
+            })?;
+            req = req.network_configuration(
+                NetworkConfiguration::builder()
+                    .awsvpc_configuration(v)
+                    .build(),
+            );
+        }
+        for (k, v) in &spec.tags {
+            req = req.tags(Tag::builder().key(k).value(v).build());
+        }
+        let out = req.send().await.map_err(|e| self.classify("RunTask", e))?;
+        if let Some(task) = out.tasks().first() {
+            return Ok(RunOutcome::Started(model::task_from_sdk(task)));
+        }
+        let reasons = out
+            .failures()
+            .iter()
+            .map(|f| {
+                let mut s = f.reason().unwrap_or("unknown reason").to_string();
+                if let Some(d) = f.detail() {
+                    s.push_str(": ");
+                    s.push_str(d);
+                }
+                s
+            })
+            .collect::<Vec<_>>();
+        Ok(RunOutcome::Failed(if reasons.is_empty() {
+            vec!["ECS returned neither a task nor a failure".into()]
+        } else {
+            reasons
+        }))
+    }
+
+    /// DescribeTasks with tags, 100 ARNs a call. Returns the tasks found and
+    /// the ARNs ECS reported MISSING (or did not return).
+    ///
+    /// # Errors
+    /// [`EcsError`] for the first failing batch.
+    #[tracing::instrument(skip_all, fields(rpc.method = "DescribeTasks", aws.ecs.cluster = cluster, tasks = arns.len()))]
+    pub async fn describe_tasks(
+        &self,
+        cluster: &str,
+        arns: &[String],
+    ) -> Result<(Vec<EcsTask>, Vec<String>), EcsError> {
+        let mut found = Vec::new();
+        let mut missing = Vec::new();
+        for chunk in arns.chunks(100) {
+            self.admit(Category::ResourceRead, "DescribeTasks").await;
+            let out = self
+                .client
+                .describe_tasks()
+                .cluster(cluster)
+                .set_tasks(Some(chunk.to_vec()))
+                .include(aws_sdk_ecs::types::TaskField::Tags)
+                .send()
+                .await
+                .map_err(|e| self.classify("DescribeTasks", e))?;
+            let tasks: Vec<EcsTask> = out.tasks().iter().map(model::task_from_sdk).collect();
+            for arn in chunk {
+                if !tasks.iter().any(|t| &t.arn == arn) {
+                    missing.push(arn.clone());
+                }
+            }
+            found.extend(tasks);
+        }
+        Ok((found, missing))
+    }
+
+    /// StopTask with a reason. An unknown task is `StopOutcome::NotFound`.
+    ///
+    /// # Errors
+    /// [`EcsError`] when the call fails for another reason.
+    #[tracing::instrument(skip_all, fields(rpc.method = "StopTask", aws.ecs.task.arn = arn))]
+    pub async fn stop_task(
+        &self,
+        cluster: &str,
+        arn: &str,
+        reason: &str,
+    ) -> Result<StopOutcome, EcsError> {
+        self.admit(Category::ResourceModify, "StopTask").await;
+        match self
+            .client
+            .stop_task()
+            .cluster(cluster)
+            .task(arn)
+            .reason(reason)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out.task().map_or(StopOutcome::NotFound, |t| {
+                StopOutcome::Stopping(model::task_from_sdk(t))
+            })),
+            Err(e) => {
+                let err = self.classify("StopTask", e);
+                // ECS answers an unknown task with the generic
+                // InvalidParameterException; confirm through DescribeTasks.
+                if matches!(&err, EcsError::Service { code, .. } if code == "InvalidParameterException")
+                {
+                    let (_, missing) = self.describe_tasks(cluster, &[arn.to_string()]).await?;
+                    if !missing.is_empty() {
+                        return Ok(StopOutcome::NotFound);
+                    }
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// ARNs of the tasks with this `startedBy`, running ones first, then
+    /// stopped ones.
+    ///
+    /// # Errors
+    /// [`EcsError`] when a call fails.
+    #[tracing::instrument(skip_all, fields(rpc.method = "ListTasks", started_by))]
+    pub async fn list_started_by(
+        &self,
+        cluster: &str,
+        started_by: &str,
+    ) -> Result<Vec<String>, EcsError> {
+        let mut arns = Vec::new();
+        for status in [
+            aws_sdk_ecs::types::DesiredStatus::Running,
+            aws_sdk_ecs::types::DesiredStatus::Stopped,
+        ] {
+            let mut token: Option<String> = None;
+            loop {
+                self.admit(Category::ResourceRead, "ListTasks").await;
+                let out = self
+                    .client
+                    .list_tasks()
+                    .cluster(cluster)
+                    .started_by(started_by)
+                    .desired_status(status.clone())
+                    .set_next_token(token.clone())
+                    .send()
+                    .await
+                    .map_err(|e| self.classify("ListTasks", e))?;
+                arns.extend(out.task_arns().iter().cloned());
+                token = out.next_token().map(ToString::to_string);
+                if token.is_none() {
+                    break;
+                }
+            }
+        }
+        arns.dedup();
+        Ok(arns)
+    }
+
+    /// TagResource on a task (the ownership record).
+    ///
+    /// # Errors
+    /// [`EcsError`] when the call fails.
+    #[tracing::instrument(skip_all, fields(rpc.method = "TagResource", aws.ecs.task.arn = arn))]
+    pub async fn tag_task(&self, arn: &str, tags: &[(String, String)]) -> Result<(), EcsError> {
+        use aws_sdk_ecs::types::Tag;
+        self.admit(Category::TagModify, "TagResource").await;
+        let mut req = self.client.tag_resource().resource_arn(arn);
+        for (k, v) in tags {
+            req = req.tags(Tag::builder().key(k).value(v).build());
+        }
+        req.send()
+            .await
+            .map_err(|e| self.classify("TagResource", e))?;
+        Ok(())
+    }
+
     /// DescribeClusters for one cluster.
     ///
     /// # Errors
     /// [`EcsError`] for any failure of the call itself.
     #[tracing::instrument(skip_all, fields(aws.ecs.cluster = cluster, rpc.method = "DescribeClusters"))]
     pub async fn describe_cluster(&self, cluster: &str) -> Result<ClusterState, EcsError> {
+        self.admit(Category::ClusterRead, "DescribeClusters").await;
         let out = self
             .client
             .describe_clusters()

@@ -27,7 +27,7 @@ pub enum DriverError {
     ApiVersion(String),
     /// The state directory could not be opened.
     #[error(transparent)]
-    StateDir(#[from] StoreError),
+    StateDir(StoreError),
     /// A later SetConfig tried to move the open state directory.
     #[error(
         "state_dir cannot change while the plugin runs (open: {open}, requested: {requested}); restart the Nomad agent"
@@ -44,4 +44,47 @@ pub enum DriverError {
     /// A feature ECS tasks cannot offer.
     #[error("{0}")]
     Unsupported(String),
+    /// The task config bytes are not cty-msgpack.
+    #[error("the task config is not valid cty-msgpack: {0}")]
+    TaskConfigBytes(#[source] DecodeError),
+    /// The task config does not match the schema.
+    #[error("task config: {0}")]
+    TaskConfigShape(#[source] SchemaError),
+    /// The task config is not runnable.
+    #[error(transparent)]
+    TaskConfig(#[from] crate::task_config::TaskConfigError),
+    /// The request lacks something Nomad always sends.
+    #[error("the request lacks {0}")]
+    BadRequest(&'static str),
+    /// The driver is disabled or not configured yet.
+    #[error("the ecs driver is {0}")]
+    NotReady(&'static str),
+    /// RunTask did not produce a task.
+    #[error("{message}")]
+    StartFailed {
+        /// Why.
+        message: String,
+        /// Whether Nomad's restart policy should apply.
+        recoverable: bool,
+    },
+    /// StopTask could not be delivered before the timeout.
+    #[error("could not stop ECS task {arn}: {message}")]
+    StopFailed {
+        /// The task.
+        arn: String,
+        /// Why.
+        message: String,
+    },
+    /// No such task.
+    #[error("task {0} not found")]
+    TaskNotFound(String),
+    /// DestroyTask without force on a running task.
+    #[error("task {0} is still running; stop it first or destroy with force")]
+    StillRunning(String),
+    /// A task handle we cannot use.
+    #[error("RecoverTask: {0}")]
+    BadHandle(#[from] crate::driver::handle::HandleError),
+    /// The store failed.
+    #[error("task store: {0}")]
+    Store(#[source] StoreError),
 }

@@ -13,6 +13,7 @@ pub mod error;
 pub mod logging;
 pub mod plugin;
 pub mod proto;
+pub mod reconcile;
 pub mod rpc;
 pub mod schema;
 pub mod store;

@@ -140,7 +140,10 @@ fn private_socket_dir() -> std::io::Result<tempfile::TempDir> {
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
     let dir = tempfile::Builder::new().prefix("plugin").tempdir_in(base)?;
-    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )?;
     Ok(dir)
 }
 

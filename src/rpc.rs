@@ -2,6 +2,7 @@
 //! Each handler decodes the request, calls the driver, and maps the result;
 //! errors become status in `status` only.
 
+pub mod convert;
 pub mod status;
 
 use std::collections::HashMap;
@@ -220,53 +221,179 @@ impl driver_server::Driver for DriverService {
         Ok(Response::new(Box::pin(stream)))
     }
 
+    /// Rebuild a task from its handle alone (no task config after an agent
+    /// restart). Idempotent.
+    #[tracing::instrument(skip_all, fields(rpc.method = "RecoverTask"))]
     async fn recover_task(
         &self,
-        _: Request<pb::RecoverTaskRequest>,
+        request: Request<pb::RecoverTaskRequest>,
     ) -> Result<Response<pb::RecoverTaskResponse>, Status> {
-        not_implemented("RecoverTask")
+        let req = request.into_inner();
+        let handle = req
+            .handle
+            .ok_or_else(|| to_status("RecoverTask", &DriverError::BadRequest("handle")))?;
+        let cfg = handle.config.unwrap_or_default();
+        let task_id = if cfg.id.is_empty() {
+            req.task_id
+        } else {
+            cfg.id.clone()
+        };
+        if task_id.is_empty() {
+            return Err(to_status(
+                "RecoverTask",
+                &DriverError::BadRequest("handle.config.id"),
+            ));
+        }
+        let alloc = convert::alloc_of(&cfg);
+        self.driver
+            .recover_task(&task_id, &alloc, &cfg.name, &handle.driver_state)
+            .await
+            .map_err(|e| to_status("RecoverTask", &e))?;
+        Ok(Response::new(pb::RecoverTaskResponse {}))
     }
 
+    /// Start the ECS task; the handle echoes the request's TaskConfig.
+    #[tracing::instrument(skip_all, fields(rpc.method = "StartTask"))]
     async fn start_task(
         &self,
-        _: Request<pb::StartTaskRequest>,
+        request: Request<pb::StartTaskRequest>,
     ) -> Result<Response<pb::StartTaskResponse>, Status> {
-        not_implemented("StartTask")
+        let req = request.into_inner();
+        let start = crate::driver::lifecycle::StartRequest::try_from(&req)
+            .map_err(|e| to_status("StartTask", &e))?;
+        match self.driver.start_task(start).await {
+            Ok(started) => Ok(Response::new(pb::StartTaskResponse {
+                result: pb::start_task_response::Result::Success as i32,
+                driver_error_msg: String::new(),
+                handle: Some(pb::TaskHandle {
+                    version: crate::driver::handle::HANDLE_VERSION,
+                    config: req.task,
+                    state: pb::TaskState::Running as i32,
+                    driver_state: started.state.encode(),
+                }),
+                network_override: None,
+            })),
+            Err(e) => {
+                tracing::warn!(error = %e, "StartTask failed");
+                Err(to_status("StartTask", &e))
+            }
+        }
     }
 
+    /// Block until the task exits; the result comes from ECS.
+    #[tracing::instrument(skip_all, fields(rpc.method = "WaitTask", nomad.task.id))]
     async fn wait_task(
         &self,
-        _: Request<pb::WaitTaskRequest>,
+        request: Request<pb::WaitTaskRequest>,
     ) -> Result<Response<pb::WaitTaskResponse>, Status> {
-        not_implemented("WaitTask")
+        let req = request.into_inner();
+        tracing::Span::current().record("nomad.task.id", req.task_id.as_str());
+        let exit = self
+            .driver
+            .wait_task(&req.task_id)
+            .await
+            .map_err(|e| to_status("WaitTask", &e))?;
+        Ok(Response::new(pb::WaitTaskResponse {
+            result: Some(pb::ExitResult::from(&exit)),
+            err: exit.err.clone().unwrap_or_default(),
+        }))
     }
 
+    /// Stop (or, with DETACH, let go of) the task; unknown tasks succeed.
+    #[tracing::instrument(skip_all, fields(rpc.method = "StopTask"))]
     async fn stop_task(
         &self,
-        _: Request<pb::StopTaskRequest>,
+        request: Request<pb::StopTaskRequest>,
     ) -> Result<Response<pb::StopTaskResponse>, Status> {
-        not_implemented("StopTask")
+        let req = request.into_inner();
+        let timeout = req
+            .timeout
+            .and_then(|d| std::time::Duration::try_from(d).ok())
+            .unwrap_or(std::time::Duration::from_secs(5));
+        self.driver
+            .stop_task(&req.task_id, timeout, &req.signal)
+            .await
+            .map_err(|e| to_status("StopTask", &e))?;
+        Ok(Response::new(pb::StopTaskResponse {}))
     }
 
+    /// Remove the task (stopping it first with force); unknown tasks succeed.
+    #[tracing::instrument(skip_all, fields(rpc.method = "DestroyTask"))]
     async fn destroy_task(
         &self,
-        _: Request<pb::DestroyTaskRequest>,
+        request: Request<pb::DestroyTaskRequest>,
     ) -> Result<Response<pb::DestroyTaskResponse>, Status> {
-        not_implemented("DestroyTask")
+        let req = request.into_inner();
+        self.driver
+            .destroy_task(&req.task_id, req.force)
+            .await
+            .map_err(|e| to_status("DestroyTask", &e))?;
+        Ok(Response::new(pb::DestroyTaskResponse {}))
     }
 
+    /// Full status; never leaves a required field unset.
+    #[tracing::instrument(skip_all, fields(rpc.method = "InspectTask"))]
     async fn inspect_task(
         &self,
-        _: Request<pb::InspectTaskRequest>,
+        request: Request<pb::InspectTaskRequest>,
     ) -> Result<Response<pb::InspectTaskResponse>, Status> {
-        not_implemented("InspectTask")
+        let req = request.into_inner();
+        let rec = self
+            .driver
+            .inspect_task(&req.task_id)
+            .await
+            .map_err(|e| to_status("InspectTask", &e))?;
+        Ok(Response::new(convert::inspect_response(&rec)))
     }
 
+    /// A stream of samples at the requested interval, each with a timestamp
+    /// and aggregate usage (zero: ECS usage is not collected yet); it ends
+    /// when the task exits.
     async fn task_stats(
         &self,
-        _: Request<pb::TaskStatsRequest>,
+        request: Request<pb::TaskStatsRequest>,
     ) -> Result<Response<Self::TaskStatsStream>, Status> {
-        not_implemented("TaskStats")
+        let req = request.into_inner();
+        self.driver
+            .inspect_task(&req.task_id)
+            .await
+            .map_err(|e| to_status("TaskStats", &e))?;
+        let interval = req
+            .collection_interval
+            .and_then(|d| std::time::Duration::try_from(d).ok())
+            .filter(|d| !d.is_zero())
+            .unwrap_or(std::time::Duration::from_secs(1))
+            .max(std::time::Duration::from_millis(100));
+        let driver = self.driver.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(async move {
+            let stop = driver.shutdown_token();
+            loop {
+                let done = driver
+                    .inspect_task(&req.task_id)
+                    .await
+                    .map_or(true, |r| r.exit.is_some());
+                if done
+                    || tx
+                        .send(Ok(convert::zero_stats(
+                            &req.task_id,
+                            crate::reconcile::now_ms(),
+                        )))
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tx.closed() => return,
+                    () = tokio::time::sleep(interval) => {}
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     /// One long-lived stream for every task's events.
@@ -274,10 +401,36 @@ impl driver_server::Driver for DriverService {
         &self,
         _: Request<pb::TaskEventsRequest>,
     ) -> Result<Response<Self::TaskEventsStream>, Status> {
-        let stop = self.driver.shutdown_token();
-        let stream = futures::stream::once(async move { stop.cancelled_owned().await })
-            .filter_map(|()| async { None::<Result<pb::DriverTaskEvent, Status>> });
-        Ok(Response::new(Box::pin(stream)))
+        let driver = self.driver.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let stop = driver.shutdown_token();
+            // Until the plugin is configured there is nothing to report.
+            let mut events = loop {
+                if let Some(ev) = driver.events().await {
+                    break ev;
+                }
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tx.closed() => return,
+                    () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                }
+            };
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tx.closed() => return,
+                    ev = events.recv() => match ev {
+                        Ok(ev) => if tx.send(Ok(pb::DriverTaskEvent::from(ev))).await.is_err() { return },
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => tracing::warn!(dropped = n, "task events dropped: the host reads too slowly"),
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    },
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn shutdown(
@@ -287,25 +440,49 @@ impl driver_server::Driver for DriverService {
         Ok(Response::new(pb::ShutdownResponse {}))
     }
 
+    /// ECS tasks cannot be signalled through Nomad.
     async fn signal_task(
         &self,
-        _: Request<pb::SignalTaskRequest>,
+        request: Request<pb::SignalTaskRequest>,
     ) -> Result<Response<pb::SignalTaskResponse>, Status> {
-        not_implemented("SignalTask")
+        let req = request.into_inner();
+        Err(to_status(
+            "SignalTask",
+            &DriverError::Unsupported(format!(
+                "the ecs driver cannot send {} to ECS task {}: ECS has no signal API; restart or stop the allocation instead",
+                if req.signal.is_empty() {
+                    "a signal"
+                } else {
+                    req.signal.as_str()
+                },
+                req.task_id
+            )),
+        ))
     }
 
+    /// Commands cannot run inside ECS tasks through Nomad (no ECS Exec yet).
     async fn exec_task(
         &self,
-        _: Request<pb::ExecTaskRequest>,
+        request: Request<pb::ExecTaskRequest>,
     ) -> Result<Response<pb::ExecTaskResponse>, Status> {
-        not_implemented("ExecTask")
+        let req = request.into_inner();
+        Err(to_status(
+            "ExecTask",
+            &DriverError::Unsupported(format!(
+                "the ecs driver cannot exec in ECS task {}: script checks and change_script need a local driver",
+                req.task_id
+            )),
+        ))
     }
 
     async fn exec_task_streaming(
         &self,
         _: Request<Streaming<pb::ExecTaskStreamingRequest>>,
     ) -> Result<Response<Self::ExecTaskStreamingStream>, Status> {
-        not_implemented("ExecTaskStreaming")
+        Err(to_status(
+            "ExecTaskStreaming",
+            &DriverError::Unsupported("the ecs driver does not support `nomad alloc exec`".into()),
+        ))
     }
 
     async fn create_network(

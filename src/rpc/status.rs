@@ -32,12 +32,27 @@ pub struct RpcStatus {
 pub fn to_status(rpc: &str, err: &DriverError) -> Status {
     let message = format!("{rpc} failed: {err}");
     let code = match err {
+        DriverError::StartFailed {
+            recoverable: true, ..
+        } => return recoverable(message),
         DriverError::ConfigBytes(_)
         | DriverError::ConfigShape(_)
         | DriverError::Config(_)
-        | DriverError::ApiVersion(_) => Code::InvalidArgument,
-        DriverError::StateDir(_) | DriverError::StateDirChanged { .. } => Code::FailedPrecondition,
+        | DriverError::ApiVersion(_)
+        | DriverError::TaskConfigBytes(_)
+        | DriverError::TaskConfigShape(_)
+        | DriverError::TaskConfig(_)
+        | DriverError::BadRequest(_)
+        | DriverError::BadHandle(_) => Code::InvalidArgument,
+        DriverError::StateDir(_)
+        | DriverError::StateDirChanged { .. }
+        | DriverError::NotReady(_)
+        | DriverError::StartFailed { .. }
+        | DriverError::StopFailed { .. }
+        | DriverError::StillRunning(_) => Code::FailedPrecondition,
         DriverError::NotImplemented(_) | DriverError::Unsupported(_) => Code::Unimplemented,
+        DriverError::TaskNotFound(_) => Code::NotFound,
+        DriverError::Store(_) => Code::Internal,
     };
     Status::new(code, message)
 }

@@ -1,0 +1,669 @@
+//! The reconciler: level-triggered, Kubernetes-controller style. A pass reads
+//! the desired records, observes ECS in batches, computes the pure
+//! [`plan::plan`], and applies the steps. Passes run on a period that
+//! stretches with the task count (so the read budget is never exceeded) and
+//! are also triggered per task by the driver (start, stop, recover). It is the
+//! only writer of observed state.
+
+pub mod exit;
+pub mod plan;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Mutex, broadcast, mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::ecs::{Ecs, EcsError, RunOutcome, RunSpec, StopOutcome};
+use crate::store::record::{Desired, ExitRecord, StartError, TaskRecord};
+use crate::store::{Store, StoreError};
+use crate::task_config::{LaunchType, VpcConfig};
+use plan::{Observed, Policy, Step};
+
+/// Tag keys of the ownership record on every ECS task we start.
+pub const TAG_DRIVER: &str = "nomad:driver";
+/// The driver identity tag's value.
+pub const DRIVER_ID: &str = "nomad-driver-ecs";
+/// Owning allocation (rewritten on adoption).
+pub const TAG_ALLOC_ID: &str = "nomad:alloc-id";
+/// Nomad task ID.
+pub const TAG_TASK_ID: &str = "nomad:task-id";
+/// Namespace.
+pub const TAG_NAMESPACE: &str = "nomad:namespace";
+/// Job.
+pub const TAG_JOB: &str = "nomad:job";
+/// Group.
+pub const TAG_GROUP: &str = "nomad:group";
+/// Allocation index.
+pub const TAG_ALLOC_INDEX: &str = "nomad:alloc-index";
+/// Task name.
+pub const TAG_TASK: &str = "nomad:task";
+
+/// A task event for Nomad's TaskEvents stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskEvent {
+    /// Nomad task ID.
+    pub task_id: String,
+    /// Allocation.
+    pub alloc_id: String,
+    /// Task name.
+    pub task_name: String,
+    /// When, in ms since the epoch.
+    pub at_ms: u64,
+    /// The text.
+    pub message: String,
+    /// Details (ARN, status).
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Now, in ms since the epoch.
+pub fn now_ms() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis(),
+    )
+    .unwrap_or(u64::MAX)
+}
+
+/// Record watchers and the event bus, shared by driver and reconciler.
+pub struct Hub {
+    store: Arc<dyn Store>,
+    watchers: std::sync::Mutex<HashMap<String, watch::Sender<Option<TaskRecord>>>>,
+    events: broadcast::Sender<TaskEvent>,
+}
+
+impl Hub {
+    fn new(store: Arc<dyn Store>) -> Self {
+        Self {
+            store,
+            watchers: std::sync::Mutex::default(),
+            events: broadcast::channel(1024).0,
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Write a record durably and tell its watchers.
+    ///
+    /// # Errors
+    /// The store's error; watchers are told only after a durable write.
+    pub fn put(&self, rec: &TaskRecord) -> Result<(), StoreError> {
+        self.store.put(rec)?;
+        if let Ok(w) = self.watchers.lock()
+            && let Some(tx) = w.get(&rec.task_id)
+        {
+            tx.send_replace(Some(rec.clone()));
+        }
+        Ok(())
+    }
+
+    /// Delete a record and tell its watchers it is gone.
+    ///
+    /// # Errors
+    /// The store's error.
+    pub fn forget(&self, task_id: &str) -> Result<(), StoreError> {
+        self.store.delete(task_id)?;
+        if let Ok(mut w) = self.watchers.lock()
+            && let Some(tx) = w.remove(task_id)
+        {
+            tx.send_replace(None);
+        }
+        Ok(())
+    }
+
+    /// Watch a record (starting from what the store holds now).
+    ///
+    /// # Errors
+    /// The store's error.
+    pub fn watch(&self, task_id: &str) -> Result<watch::Receiver<Option<TaskRecord>>, StoreError> {
+        let current = self.store.get(task_id)?;
+        let mut w = self.watchers.lock().map_err(|_| StoreError::Poisoned)?;
+        let tx = w
+            .entry(task_id.to_string())
+            .or_insert_with(|| watch::Sender::new(None));
+        tx.send_replace(current);
+        Ok(tx.subscribe())
+    }
+
+    /// Emit a task event.
+    pub fn emit(&self, rec: &TaskRecord, message: String) {
+        let mut annotations = BTreeMap::new();
+        if let Some(arn) = &rec.arn {
+            annotations.insert("ecs_task_arn".to_string(), arn.clone());
+        }
+        if let Some(o) = &rec.observed {
+            annotations.insert("ecs_last_status".to_string(), o.last_status.clone());
+        }
+        tracing::info!(nomad.task.id = %rec.task_id, nomad.alloc.id = %rec.alloc_id, aws.ecs.task.arn = rec.arn.as_deref().unwrap_or(""), "{message}");
+        let _ = self.events.send(TaskEvent {
+            task_id: rec.task_id.clone(),
+            alloc_id: rec.alloc_id.clone(),
+            task_name: rec.task_name.clone(),
+            at_ms: now_ms(),
+            message,
+            annotations,
+        });
+    }
+
+    /// Subscribe to task events.
+    pub fn subscribe(&self) -> broadcast::Receiver<TaskEvent> {
+        self.events.subscribe()
+    }
+}
+
+/// How the driver talks to the reconciler.
+#[derive(Clone)]
+pub struct Handle {
+    hub: Arc<Hub>,
+    trigger: mpsc::UnboundedSender<String>,
+    ecs: Arc<Mutex<Ecs>>,
+    pass_stats: Arc<std::sync::Mutex<PassStats>>,
+}
+
+/// Figures of the last full pass.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassStats {
+    /// Records considered.
+    pub tasks: usize,
+    /// ECS calls made by the pass.
+    pub calls: u64,
+    /// Steps applied.
+    pub steps: usize,
+}
+
+impl Handle {
+    /// The hub.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Ask for a pass over one task soon.
+    pub fn trigger(&self, task_id: &str) {
+        let _ = self.trigger.send(task_id.to_string());
+    }
+
+    /// Use a new ECS client (after a config change).
+    pub async fn set_ecs(&self, ecs: Ecs) {
+        *self.ecs.lock().await = ecs;
+    }
+
+    /// The ECS client in use.
+    pub async fn ecs(&self) -> Ecs {
+        self.ecs.lock().await.clone()
+    }
+
+    /// Figures of the last full pass.
+    pub fn last_full_pass(&self) -> PassStats {
+        self.pass_stats.lock().map(|s| *s).unwrap_or_default()
+    }
+}
+
+/// The RunTask parameters a record carries (so a restarted driver re-issues
+/// exactly the same request, as the client token requires).
+pub fn run_spec(rec: &TaskRecord) -> RunSpec {
+    let launch_type = match rec.run.launch_type.as_deref() {
+        Some("EC2") => Some(LaunchType::Ec2),
+        Some("FARGATE") => Some(LaunchType::Fargate),
+        Some("EXTERNAL") => Some(LaunchType::External),
+        _ => None,
+    };
+    let vpc = (!rec.run.subnets.is_empty()).then(|| VpcConfig {
+        subnets: rec.run.subnets.clone(),
+        security_groups: rec.run.security_groups.clone(),
+        assign_public_ip: rec.run.assign_public_ip,
+    });
+    RunSpec {
+        cluster: rec.cluster.clone(),
+        task_definition: rec.task_definition.clone(),
+        launch_type,
+        vpc,
+        client_token: rec.client_token.clone(),
+        started_by: rec.slot.started_by(),
+        tags: ownership_tags(rec, &rec.alloc_id),
+    }
+}
+
+/// The ownership tags of a record, owned by `alloc_id`.
+pub fn ownership_tags(rec: &TaskRecord, alloc_id: &str) -> Vec<(String, String)> {
+    vec![
+        (TAG_DRIVER.into(), DRIVER_ID.into()),
+        (TAG_NAMESPACE.into(), rec.slot.namespace.clone()),
+        (TAG_JOB.into(), rec.slot.job.clone()),
+        (TAG_GROUP.into(), rec.slot.group.clone()),
+        (TAG_ALLOC_INDEX.into(), rec.slot.alloc_index.to_string()),
+        (TAG_TASK.into(), rec.slot.task.clone()),
+        (TAG_ALLOC_ID.into(), alloc_id.to_string()),
+        (TAG_TASK_ID.into(), rec.task_id.clone()),
+    ]
+}
+
+/// The reconcile loop of one plugin process.
+pub struct Reconciler {
+    hub: Arc<Hub>,
+    ecs: Arc<Mutex<Ecs>>,
+    settings: Settings,
+    policy: Policy,
+    triggers: mpsc::UnboundedReceiver<String>,
+    self_trigger: mpsc::UnboundedSender<String>,
+    pass_stats: Arc<std::sync::Mutex<PassStats>>,
+}
+
+impl Reconciler {
+    /// A reconciler over `store`, talking to `ecs`. Returns it and the handle
+    /// the driver uses.
+    pub fn new(
+        store: Arc<dyn Store>,
+        ecs: Ecs,
+        settings: Settings,
+        policy: Policy,
+    ) -> (Self, Handle) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let hub = Arc::new(Hub::new(store));
+        let ecs = Arc::new(Mutex::new(ecs));
+        let pass_stats = Arc::new(std::sync::Mutex::new(PassStats::default()));
+        let handle = Handle {
+            hub: hub.clone(),
+            trigger: tx.clone(),
+            ecs: ecs.clone(),
+            pass_stats: pass_stats.clone(),
+        };
+        (
+            Self {
+                hub,
+                ecs,
+                settings,
+                policy,
+                triggers: rx,
+                self_trigger: tx,
+                pass_stats,
+            },
+            handle,
+        )
+    }
+
+    /// Run until `shutdown`. The first full pass starts at once, so a restarted
+    /// driver converges what it left behind.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut next_full = Instant::now();
+        let mut followups: HashMap<String, (Instant, Duration)> = HashMap::new();
+        loop {
+            let next_followup = followups.values().map(|(t, _)| *t).min();
+            let wake = next_followup.map_or(next_full, |t| t.min(next_full));
+            let mut scope: HashSet<String> = HashSet::new();
+            let mut full = false;
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                id = self.triggers.recv() => match id {
+                    Some(id) => { scope.insert(id); }
+                    None => return,
+                },
+                () = tokio::time::sleep_until(wake) => {
+                    let now = Instant::now();
+                    if now >= next_full {
+                        full = true;
+                    }
+                    for (id, (t, _)) in &followups {
+                        if *t <= now {
+                            scope.insert(id.clone());
+                        }
+                    }
+                }
+            }
+            while let Ok(id) = self.triggers.try_recv() {
+                scope.insert(id);
+            }
+            let touched = if full {
+                let touched = self.pass(None).await;
+                next_full = Instant::now() + self.period(touched.len());
+                touched
+            } else {
+                self.pass(Some(&scope)).await
+            };
+            // Tasks in transition get quick follow-up passes (1 s doubling to
+            // the reconcile interval); settled ones drop out.
+            for (id, settled) in touched {
+                if settled {
+                    followups.remove(&id);
+                } else {
+                    let backoff = followups
+                        .get(&id)
+                        .map_or(Duration::from_millis(500), |(_, b)| {
+                            (*b * 2).min(self.settings.reconcile_interval)
+                        });
+                    followups.insert(id, (Instant::now() + backoff, backoff));
+                }
+            }
+            for id in scope {
+                followups.entry(id).or_insert_with(|| {
+                    (
+                        Instant::now() + Duration::from_millis(500),
+                        Duration::from_millis(500),
+                    )
+                });
+            }
+        }
+    }
+
+    /// The full-pass period: the configured interval, stretched so that the
+    /// pass's DescribeTasks calls use at most half of the read budget.
+    fn period(&self, tasks: usize) -> Duration {
+        let calls = tasks.div_ceil(100) as f64;
+        let rate = self.read_rate_hint();
+        let min = Duration::from_secs_f64(calls / (rate * 0.5).max(0.01));
+        self.settings.reconcile_interval.max(min)
+    }
+
+    fn read_rate_hint(&self) -> f64 {
+        20.0 * self.settings.api_budget
+    }
+
+    /// One pass over `scope` (or everything). Returns the task IDs it looked
+    /// at and whether each is settled.
+    #[tracing::instrument(skip_all, fields(reconcile.full = scope.is_none(), reconcile.tasks, reconcile.steps, reconcile.calls))]
+    pub async fn pass(&mut self, scope: Option<&HashSet<String>>) -> Vec<(String, bool)> {
+        let ecs = self.ecs.lock().await.clone();
+        let calls_before = ecs.calls().total();
+        let records: Vec<TaskRecord> = match scope {
+            None => match self.hub.store.list() {
+                Ok(listing) => listing.records,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the task store failed; pass skipped");
+                    return Vec::new();
+                }
+            },
+            Some(ids) => ids
+                .iter()
+                .filter_map(|id| self.hub.store.get(id).ok().flatten())
+                .collect(),
+        };
+        let observed = observe(&ecs, &records).await;
+        let now = now_ms();
+        let steps = plan::plan(&records, &observed, now, &self.policy);
+        let n_steps = steps.len();
+        for step in steps {
+            if let Err(e) = self.apply(&ecs, step).await {
+                tracing::error!(error = %e, "applying a reconcile step failed");
+            }
+        }
+        let calls = ecs.calls().total() - calls_before;
+        let span = tracing::Span::current();
+        span.record("reconcile.tasks", records.len());
+        span.record("reconcile.steps", n_steps);
+        span.record("reconcile.calls", calls);
+        if scope.is_none() {
+            if let Ok(mut s) = self.pass_stats.lock() {
+                *s = PassStats {
+                    tasks: records.len(),
+                    calls,
+                    steps: n_steps,
+                };
+            }
+            tracing::debug!(
+                tasks = records.len(),
+                calls,
+                steps = n_steps,
+                "full reconcile pass"
+            );
+        }
+        records
+            .iter()
+            .map(|r| {
+                let fresh = self.hub.store.get(&r.task_id).ok().flatten();
+                (r.task_id.clone(), fresh.as_ref().is_none_or(settled))
+            })
+            .collect()
+    }
+
+    async fn apply(&self, ecs: &Ecs, step: Step) -> Result<(), StoreError> {
+        let load = |id: &str| self.hub.store.get(id);
+        match step {
+            Step::Run { task_id } => {
+                let Some(mut rec) = load(&task_id)? else {
+                    return Ok(());
+                };
+                rec.run_requested_ms = Some(now_ms());
+                rec.run_attempts += 1;
+                self.hub.put(&rec)?;
+                match ecs.run_task(&run_spec(&rec)).await {
+                    Ok(RunOutcome::Started(task)) => {
+                        let now = now_ms();
+                        rec.arn = Some(task.arn.clone());
+                        rec.started_ms = Some(now);
+                        rec.last_error = None;
+                        rec.observed = Some(plan::observation_of(&task, now));
+                        rec.updated_ms = now;
+                        self.hub.put(&rec)?;
+                        self.hub.emit(
+                            &rec,
+                            format!("ECS task {} started ({})", task.arn, task.last_status),
+                        );
+                    }
+                    Ok(RunOutcome::Failed(reasons)) => {
+                        rec.start_error = Some(StartError {
+                            message: format!(
+                                "ECS could not place the task: {}",
+                                reasons.join("; ")
+                            ),
+                            recoverable: true,
+                        });
+                        rec.desired = Desired::Destroyed;
+                        self.hub.put(&rec)?;
+                    }
+                    Err(e) => self.run_failed(rec, &e)?,
+                }
+            }
+            Step::Resolve { task_id } => {
+                let Some(mut rec) = load(&task_id)? else {
+                    return Ok(());
+                };
+                match find_by_tags(ecs, &rec).await {
+                    Ok(Some(arn)) => {
+                        tracing::info!(nomad.task.id = %rec.task_id, aws.ecs.task.arn = %arn, "found the ECS task of an interrupted RunTask");
+                        rec.arn = Some(arn);
+                        self.hub.put(&rec)?;
+                        let _ = self.self_trigger.send(task_id);
+                    }
+                    Ok(None) => {
+                        if rec.desired == Desired::Destroyed {
+                            self.hub.forget(&task_id)?;
+                        } else if rec.exit.is_none() {
+                            rec.exit = Some(ExitRecord {
+                                exit_code: 0,
+                                signal: 0,
+                                oom_killed: false,
+                                err: None,
+                                at_ms: now_ms(),
+                            });
+                            self.hub.put(&rec)?;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(nomad.task.id = %task_id, error = %e, "looking up the ECS task by slot failed; will retry")
+                    }
+                }
+            }
+            Step::Observe {
+                task_id,
+                observation,
+                event,
+            } => {
+                let Some(mut rec) = load(&task_id)? else {
+                    return Ok(());
+                };
+                rec.observed = Some(observation);
+                rec.updated_ms = now_ms();
+                self.hub.put(&rec)?;
+                if let Some(text) = event {
+                    self.hub.emit(&rec, text);
+                }
+            }
+            Step::Exit { task_id, exit } => {
+                let Some(mut rec) = load(&task_id)? else {
+                    return Ok(());
+                };
+                let text = match &exit.err {
+                    Some(err) => format!("ECS task exited with code {}: {err}", exit.exit_code),
+                    None => format!("ECS task exited with code {}", exit.exit_code),
+                };
+                rec.exit = Some(exit);
+                rec.updated_ms = now_ms();
+                self.hub.put(&rec)?;
+                self.hub.emit(&rec, text);
+            }
+            Step::Stop { task_id, arn } => {
+                let Some(mut rec) = load(&task_id)? else {
+                    return Ok(());
+                };
+                rec.stop_requested_ms = Some(now_ms());
+                self.hub.put(&rec)?;
+                let reason = truncate(
+                    &format!(
+                        "Stopped by Nomad (nomad-driver-ecs): allocation {} task {}",
+                        rec.alloc_id, rec.task_name
+                    ),
+                    255,
+                );
+                match ecs.stop_task(&rec.cluster, &arn, &reason).await {
+                    Ok(StopOutcome::Stopping(task)) => {
+                        self.hub.emit(
+                            &rec,
+                            format!("ECS task stop requested ({})", task.last_status),
+                        );
+                        let _ = self.self_trigger.send(task_id);
+                    }
+                    Ok(StopOutcome::NotFound) => {
+                        if rec.exit.is_none() {
+                            rec.exit = Some(ExitRecord {
+                                exit_code: 0,
+                                signal: 0,
+                                oom_killed: false,
+                                err: None,
+                                at_ms: now_ms(),
+                            });
+                        }
+                        if rec.desired == Desired::Destroyed {
+                            self.hub.forget(&task_id)?;
+                        } else {
+                            self.hub.put(&rec)?;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(nomad.task.id = %task_id, error = %e, "StopTask failed; will retry");
+                        rec.stop_requested_ms = None;
+                        rec.last_error = Some(e.to_string());
+                        self.hub.put(&rec)?;
+                    }
+                }
+            }
+            Step::Forget { task_id } => self.hub.forget(&task_id)?,
+        }
+        Ok(())
+    }
+
+    fn run_failed(&self, mut rec: TaskRecord, e: &EcsError) -> Result<(), StoreError> {
+        tracing::warn!(nomad.task.id = %rec.task_id, error = %e, attempt = rec.run_attempts, "RunTask failed");
+        rec.last_error = Some(e.to_string());
+        if !e.is_retryable() {
+            let recoverable = matches!(
+                e,
+                EcsError::AccessDenied { .. }
+                    | EcsError::BadCredentials { .. }
+                    | EcsError::NoCredentials { .. }
+            );
+            rec.start_error = Some(StartError {
+                message: e.to_string(),
+                recoverable,
+            });
+            rec.desired = Desired::Destroyed;
+        }
+        self.hub.put(&rec)
+    }
+}
+
+/// Whether a record needs no quick follow-up.
+fn settled(rec: &TaskRecord) -> bool {
+    match rec.desired {
+        Desired::Detached => true,
+        Desired::Running => {
+            rec.exit.is_some()
+                || rec.start_error.is_some()
+                || rec
+                    .observed
+                    .as_ref()
+                    .is_some_and(|o| o.last_status == "RUNNING")
+        }
+        Desired::Stopping { .. } | Desired::HandedOff { .. } | Desired::Destroyed => {
+            rec.exit.is_some() && rec.desired != Desired::Destroyed
+        }
+    }
+}
+
+/// DescribeTasks for the records that need it, grouped by cluster.
+async fn observe(ecs: &Ecs, records: &[TaskRecord]) -> HashMap<String, Observed> {
+    let mut by_cluster: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for r in records {
+        let wanted =
+            r.desired != Desired::Detached && (r.exit.is_none() || r.desired == Desired::Destroyed);
+        if let (Some(arn), true) = (&r.arn, wanted) {
+            by_cluster
+                .entry(r.cluster.as_str())
+                .or_default()
+                .push(arn.clone());
+        }
+    }
+    let mut out = HashMap::new();
+    for (cluster, arns) in by_cluster {
+        match ecs.describe_tasks(cluster, &arns).await {
+            Ok((found, missing)) => {
+                for t in found {
+                    out.insert(t.arn.clone(), Observed::Found(t));
+                }
+                for arn in missing {
+                    out.insert(arn, Observed::Missing);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(aws.ecs.cluster = cluster, error = %e, "DescribeTasks failed; observations skipped this pass")
+            }
+        }
+    }
+    out
+}
+
+/// The ECS task a record's interrupted RunTask created, found through the
+/// slot digest (`startedBy`) and the task-id tag.
+async fn find_by_tags(ecs: &Ecs, rec: &TaskRecord) -> Result<Option<String>, EcsError> {
+    let arns = ecs
+        .list_started_by(&rec.cluster, &rec.slot.started_by())
+        .await?;
+    if arns.is_empty() {
+        return Ok(None);
+    }
+    let (tasks, _) = ecs.describe_tasks(&rec.cluster, &arns).await?;
+    Ok(tasks
+        .into_iter()
+        .find(|t| {
+            t.tags.get(TAG_TASK_ID) == Some(&rec.task_id)
+                && t.tags.get(TAG_DRIVER).map(String::as_str) == Some(DRIVER_ID)
+        })
+        .map(|t| t.arn))
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}

@@ -1,0 +1,108 @@
+//! How an ECS task's end becomes Nomad's exit result: from ECS, not guesses.
+
+use crate::ecs::EcsTask;
+use crate::store::record::{Desired, ExitRecord, TaskRecord};
+
+/// Stop codes that mean the task ended for a reason other than its own
+/// container exiting or our own stop request.
+const FAILURE_STOP_CODES: &[&str] = &[
+    "TaskFailedToStart",
+    "SpotInterruption",
+    "ServiceSchedulerInitiated",
+    "TerminationNotice",
+];
+
+/// Whether this record asked ECS to stop the task.
+pub fn stop_was_requested(rec: &TaskRecord) -> bool {
+    matches!(rec.desired, Desired::Stopping { .. } | Desired::Destroyed)
+}
+
+/// The exit result for a stopped task.
+///
+/// - A stop Nomad asked for (ours, `UserInitiated`) exits cleanly.
+/// - Otherwise the essential container's exit code: the first container
+///   that exited non-zero, else the first that exited at all.
+/// - OOM comes from the container reason; `stoppedReason` is the error text
+///   whenever the task failed.
+/// - A task that failed to start (no exit code) exits 1.
+pub fn exit_from(rec: &TaskRecord, task: &EcsTask, at_ms: u64) -> ExitRecord {
+    let stop_code = task.stop_code.as_deref();
+    if stop_was_requested(rec) && matches!(stop_code, None | Some("UserInitiated")) {
+        return ExitRecord {
+            exit_code: 0,
+            signal: 0,
+            oom_killed: false,
+            err: None,
+            at_ms,
+        };
+    }
+    let exited: Vec<_> = task
+        .containers
+        .iter()
+        .filter(|c| c.exit_code.is_some())
+        .collect();
+    let container = exited
+        .iter()
+        .find(|c| c.exit_code != Some(0))
+        .or_else(|| exited.first())
+        .copied();
+    let oom = task.containers.iter().any(|c| {
+        c.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("OutOfMemory"))
+    });
+    let failed_code = stop_code.is_some_and(|c| FAILURE_STOP_CODES.contains(&c))
+        || stop_code == Some("UserInitiated");
+    let exit_code = match container.and_then(|c| c.exit_code) {
+        Some(code) => code,
+        None if failed_code || oom => 1,
+        None => 0,
+    };
+    let err = if exit_code != 0 || oom || (failed_code && container.is_none()) {
+        let mut text = task
+            .stopped_reason
+            .clone()
+            .or_else(|| stop_code.map(ToString::to_string))
+            .unwrap_or_else(|| "ECS task stopped".into());
+        if let Some(reason) = container
+            .and_then(|c| c.reason.as_deref())
+            .or_else(|| task.containers.iter().find_map(|c| c.reason.as_deref()))
+            && !text.contains(reason)
+        {
+            text = format!("{text}: {reason}");
+        }
+        Some(text)
+    } else {
+        None
+    };
+    ExitRecord {
+        exit_code,
+        signal: 0,
+        oom_killed: oom,
+        err,
+        at_ms,
+    }
+}
+
+/// The exit result for a task ECS no longer knows.
+pub fn lost(rec: &TaskRecord, arn: &str, missing_for_ms: u64, at_ms: u64) -> ExitRecord {
+    if stop_was_requested(rec) {
+        return ExitRecord {
+            exit_code: 0,
+            signal: 0,
+            oom_killed: false,
+            err: None,
+            at_ms,
+        };
+    }
+    ExitRecord {
+        exit_code: 1,
+        signal: 0,
+        oom_killed: false,
+        err: Some(format!(
+            "ECS task {arn} was lost: DescribeTasks reported it MISSING for {}s",
+            missing_for_ms / 1000
+        )),
+        at_ms,
+    }
+}

@@ -1,0 +1,276 @@
+//! The pure heart of the reconciler: `plan(desired, observed) -> steps`.
+//! No I/O, no async, no clock: the caller passes `now_ms`.
+
+use std::collections::HashMap;
+
+use crate::ecs::EcsTask;
+use crate::store::record::{Desired, ExitRecord, Observation, TaskRecord};
+
+use super::exit;
+
+/// Timing rules of a plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// How long MISSING is tolerated before a task counts as lost
+    /// (eventual consistency right after RunTask, and any later blip).
+    pub missing_grace_ms: u64,
+    /// How long after a StopTask we send it again if ECS still runs the task.
+    pub stop_retry_ms: u64,
+    /// How long after a RunTask attempt we try again (same client token).
+    pub run_retry_ms: u64,
+}
+
+impl Policy {
+    /// The policy the settings ask for.
+    pub fn from_settings(s: &crate::config::Settings) -> Self {
+        Self {
+            missing_grace_ms: u64::try_from(s.missing_grace.as_millis()).unwrap_or(u64::MAX),
+            ..Self::default()
+        }
+    }
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            missing_grace_ms: 120_000,
+            stop_retry_ms: 15_000,
+            run_retry_ms: 2_000,
+        }
+    }
+}
+
+/// What a pass learned about one ARN.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Observed {
+    /// DescribeTasks returned it.
+    Found(EcsTask),
+    /// DescribeTasks reported it MISSING.
+    Missing,
+}
+
+/// One thing to do. Steps for a record are applied in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// RunTask (again) with the record's client token.
+    Run {
+        /// The record.
+        task_id: String,
+    },
+    /// Find the ECS task of a record that has intent but no ARN (slot
+    /// digest plus task-id tag), and record its ARN; forget the record when
+    /// there is none.
+    Resolve {
+        /// The record.
+        task_id: String,
+    },
+    /// Store a new observation; `event` is a task event to emit.
+    Observe {
+        /// The record.
+        task_id: String,
+        /// The observation.
+        observation: Observation,
+        /// Event text for Nomad, when something worth telling happened.
+        event: Option<String>,
+    },
+    /// Record the exit result (and wake WaitTask).
+    Exit {
+        /// The record.
+        task_id: String,
+        /// The result.
+        exit: ExitRecord,
+    },
+    /// StopTask.
+    Stop {
+        /// The record.
+        task_id: String,
+        /// The task.
+        arn: String,
+    },
+    /// Delete the record: nothing is left to do for it.
+    Forget {
+        /// The record.
+        task_id: String,
+    },
+}
+
+/// Compute the steps that move ECS towards the records. `observed` holds
+/// what this pass saw, keyed by ARN; ARNs absent from it were not queried.
+pub fn plan(
+    records: &[TaskRecord],
+    observed: &HashMap<String, Observed>,
+    now_ms: u64,
+    policy: &Policy,
+) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for rec in records {
+        plan_one(rec, observed, now_ms, policy, &mut steps);
+    }
+    steps
+}
+
+fn plan_one(
+    rec: &TaskRecord,
+    observed: &HashMap<String, Observed>,
+    now_ms: u64,
+    policy: &Policy,
+    steps: &mut Vec<Step>,
+) {
+    let id = || rec.task_id.clone();
+    let Some(arn) = rec.arn.as_deref() else {
+        match rec.desired {
+            Desired::Running if rec.exit.is_none() && rec.start_error.is_none() => {
+                let due = rec
+                    .run_requested_ms
+                    .is_none_or(|t| now_ms.saturating_sub(t) >= policy.run_retry_ms);
+                if due {
+                    steps.push(Step::Run { task_id: id() });
+                }
+            }
+            Desired::Running | Desired::Detached => {}
+            Desired::Stopping { .. } | Desired::HandedOff { .. } | Desired::Destroyed => {
+                if rec.run_requested_ms.is_some() {
+                    steps.push(Step::Resolve { task_id: id() });
+                } else {
+                    // RunTask was never sent: nothing can exist in ECS.
+                    if rec.exit.is_none() && matches!(rec.desired, Desired::Stopping { .. }) {
+                        steps.push(Step::Exit {
+                            task_id: id(),
+                            exit: exit::lost(rec, "(never started)", 0, now_ms),
+                        });
+                    }
+                    if rec.desired == Desired::Destroyed {
+                        steps.push(Step::Forget { task_id: id() });
+                    }
+                }
+            }
+        }
+        return;
+    };
+    if rec.desired == Desired::Detached {
+        return;
+    }
+    match observed.get(arn) {
+        None => {}
+        Some(Observed::Found(task)) => {
+            let obs = observation_of(task, now_ms);
+            let changed = rec.observed.as_ref().is_none_or(|o| !same_state(o, &obs));
+            if changed {
+                let prev = rec.observed.as_ref().map(|o| o.last_status.as_str());
+                let event = (prev != Some(obs.last_status.as_str())).then(|| event_text(task));
+                steps.push(Step::Observe {
+                    task_id: id(),
+                    observation: obs,
+                    event,
+                });
+            }
+            if task.is_stopped() {
+                if rec.exit.is_none() {
+                    steps.push(Step::Exit {
+                        task_id: id(),
+                        exit: exit::exit_from(rec, task, now_ms),
+                    });
+                }
+                if rec.desired == Desired::Destroyed {
+                    steps.push(Step::Forget { task_id: id() });
+                }
+            } else if matches!(rec.desired, Desired::Stopping { .. } | Desired::Destroyed) {
+                let due = rec
+                    .stop_requested_ms
+                    .is_none_or(|t| now_ms.saturating_sub(t) >= policy.stop_retry_ms);
+                if due {
+                    steps.push(Step::Stop {
+                        task_id: id(),
+                        arn: arn.to_string(),
+                    });
+                }
+            }
+        }
+        Some(Observed::Missing) => {
+            let since = rec.observed.as_ref().and_then(|o| o.missing_since_ms);
+            match since {
+                None => {
+                    let mut obs = rec.observed.clone().unwrap_or_else(|| Observation {
+                        last_status: "MISSING".into(),
+                        desired_status: String::new(),
+                        stop_code: None,
+                        stopped_reason: None,
+                        exit_code: None,
+                        container_reason: None,
+                        owner_alloc: None,
+                        observed_at_ms: now_ms,
+                        missing_since_ms: None,
+                    });
+                    obs.missing_since_ms = Some(now_ms);
+                    obs.observed_at_ms = now_ms;
+                    steps.push(Step::Observe {
+                        task_id: id(),
+                        observation: obs,
+                        event: None,
+                    });
+                }
+                Some(since) => {
+                    let missing_for = now_ms.saturating_sub(since);
+                    // A stop we asked for that has aged out is simply done.
+                    let gone = missing_for >= policy.missing_grace_ms
+                        || exit::stop_was_requested(rec) && rec.stop_requested_ms.is_some();
+                    if gone {
+                        if rec.exit.is_none() {
+                            steps.push(Step::Exit {
+                                task_id: id(),
+                                exit: exit::lost(rec, arn, missing_for, now_ms),
+                            });
+                        }
+                        if rec.desired == Desired::Destroyed {
+                            steps.push(Step::Forget { task_id: id() });
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The observation a task gives.
+pub fn observation_of(task: &EcsTask, now_ms: u64) -> Observation {
+    let container = task
+        .containers
+        .iter()
+        .find(|c| c.exit_code.is_some_and(|c| c != 0))
+        .or_else(|| task.containers.iter().find(|c| c.exit_code.is_some()))
+        .or_else(|| task.containers.first());
+    Observation {
+        last_status: task.last_status.clone(),
+        desired_status: task.desired_status.clone(),
+        stop_code: task.stop_code.clone(),
+        stopped_reason: task.stopped_reason.clone(),
+        exit_code: container.and_then(|c| c.exit_code),
+        container_reason: container.and_then(|c| c.reason.clone()),
+        owner_alloc: task.tags.get(super::TAG_ALLOC_ID).cloned(),
+        observed_at_ms: now_ms,
+        missing_since_ms: None,
+    }
+}
+
+fn same_state(a: &Observation, b: &Observation) -> bool {
+    a.last_status == b.last_status
+        && a.desired_status == b.desired_status
+        && a.stop_code == b.stop_code
+        && a.stopped_reason == b.stopped_reason
+        && a.exit_code == b.exit_code
+        && a.container_reason == b.container_reason
+        && a.owner_alloc == b.owner_alloc
+        && a.missing_since_ms == b.missing_since_ms
+}
+
+fn event_text(task: &EcsTask) -> String {
+    match (&task.stop_code, &task.stopped_reason) {
+        (_, Some(reason)) if task.is_stopped() => {
+            format!("ECS task {}: {reason}", task.last_status)
+        }
+        (Some(code), None) if task.is_stopped() => {
+            format!("ECS task {} ({code})", task.last_status)
+        }
+        _ => format!("ECS task {}", task.last_status),
+    }
+}
