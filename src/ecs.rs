@@ -199,6 +199,22 @@ impl Ecs {
         })
     }
 
+    /// Wrap an SDK client built elsewhere (tests: aws-smithy-mocks clients).
+    pub fn from_client(
+        client: aws_sdk_ecs::Client,
+        region: &str,
+        endpoint: &str,
+        api_budget: f64,
+    ) -> Self {
+        Self {
+            client,
+            region: region.to_string(),
+            endpoint: endpoint.to_string(),
+            budget: std::sync::Arc::new(Budget::new(api_budget)),
+            calls: std::sync::Arc::default(),
+        }
+    }
+
     /// The region calls go to.
     pub fn region(&self) -> &str {
         &self.region

@@ -18,7 +18,7 @@ pub mod record;
 pub mod sled;
 
 pub use self::memory::MemoryStore;
-pub use self::record::{Desired, ExitRecord, Observation, Slot, TaskRecord};
+pub use self::record::{Desired, ExitRecord, Observation, RunParams, Slot, StartError, TaskRecord};
 pub use self::sled::SledStore;
 
 /// Name of the lock file inside the state directory; it holds the owner's pid.

@@ -202,7 +202,11 @@ async fn a_task_starts_runs_in_ecs_and_stops_cleanly() {
         .proxy
         .last_request("RunTask")
         .expect("RunTask was called");
-    assert_eq!(run["clientToken"].as_str().map(str::len), Some(64));
+    assert_eq!(
+        run["clientToken"].as_str(),
+        Some(nomad_driver_ecs::driver::lifecycle::client_token(&id).as_str()),
+        "our deterministic token, stored before the call"
+    );
     assert!(run["startedBy"].as_str().unwrap().starts_with("nomad-"));
     let ecs = st.ecs_task(&arn).await;
     assert_eq!(tag(&ecs, "nomad:alloc-id"), Some(spec.alloc_id.as_str()));
@@ -710,4 +714,47 @@ async fn concurrent_waits_all_return_the_same_exit() {
         assert_eq!(r.result.unwrap().exit_code, 3);
     }
     st.node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_crash_between_runtask_and_recording_the_arn_leaves_no_duplicate() {
+    let mut st = stack().await;
+    // Every RunTask reaches ECS but its answer never comes back.
+    st.proxy.inject(Some("RunTask"), Fault::LoseResponse, 1000);
+    let spec = TaskSpec::new();
+    let id = spec.new_task_id();
+    let cfg = spec.task_config(&id, st.task_config());
+    let pending = {
+        let mut d = st.driver();
+        let cfg = cfg.clone();
+        tokio::spawn(async move { d.start_task(pb::StartTaskRequest { task: Some(cfg) }).await })
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while st.proxy.calls("RunTask") < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "RunTask never sent");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    st.node.process_mut().sigkill();
+    let _ = pending.await;
+    st.proxy.clear_faults();
+
+    // Nomad relaunches the plugin and retries StartTask with the same config.
+    let p = relaunch(&st).await;
+    let handle = tokio::time::timeout(
+        WAIT,
+        p.driver()
+            .start_task(pb::StartTaskRequest { task: Some(cfg) }),
+    )
+    .await
+    .expect("StartTask answers")
+    .expect("StartTask succeeds after the crash")
+    .into_inner()
+    .handle
+    .unwrap();
+    let arn = arn_of(&handle);
+    let started_by = st.ecs_task(&arn).await.started_by().unwrap().to_string();
+    let all = st.tasks_started_by(&started_by).await;
+    assert_eq!(all, vec![arn.clone()], "exactly one ECS task for the slot");
+    p.kill().await;
 }

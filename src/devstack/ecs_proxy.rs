@@ -112,6 +112,10 @@ pub enum Fault {
     Latency(Duration),
     /// Closes the TCP connection without sending a response.
     DropConnection,
+    /// Handles the call (it reaches ECS and takes effect), then closes the
+    /// connection instead of answering: the response is lost on the way
+    /// back, as when a client dies between sending RunTask and reading it.
+    LoseResponse,
 }
 
 /// A failed test control call ([`EcsProxy::exit_task`] and friends).
@@ -568,6 +572,18 @@ impl Shared {
                 ));
             }
             Some(Fault::DropConnection) => return Err(DropConnection),
+            Some(Fault::LoseResponse) => {
+                if let Some(request) = request {
+                    let call = ops::Call {
+                        operation,
+                        headers,
+                        request,
+                        raw: body,
+                    };
+                    let _ = self.dispatch(call).await;
+                }
+                return Err(DropConnection);
+            }
         }
         let Some(request) = request else {
             return Ok(wire::serialization("the request body is not a JSON object"));

@@ -106,3 +106,184 @@ pub fn lost(rec: &TaskRecord, arn: &str, missing_for_ms: u64, at_ms: u64) -> Exi
         at_ms,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ecs::ContainerState;
+    use crate::store::record::{RunParams, Slot};
+
+    fn rec(desired: Desired) -> TaskRecord {
+        TaskRecord {
+            task_id: "a/t/1".into(),
+            alloc_id: "a".into(),
+            task_name: "t".into(),
+            slot: Slot {
+                namespace: "n".into(),
+                job: "j".into(),
+                group: "g".into(),
+                alloc_index: 0,
+                task: "t".into(),
+            },
+            desired,
+            client_token: "x".into(),
+            cluster: "c".into(),
+            region: "r".into(),
+            task_definition: "d".into(),
+            arn: None,
+            observed: None,
+            exit: None,
+            created_ms: 0,
+            updated_ms: 0,
+            started_ms: None,
+            run: RunParams::default(),
+            run_requested_ms: None,
+            run_attempts: 0,
+            start_error: None,
+            stop_requested_ms: None,
+            last_error: None,
+        }
+    }
+
+    fn stopped(
+        code: Option<&str>,
+        reason: Option<&str>,
+        containers: Vec<(Option<i32>, Option<&str>)>,
+    ) -> EcsTask {
+        EcsTask {
+            arn: "arn".into(),
+            last_status: "STOPPED".into(),
+            desired_status: "STOPPED".into(),
+            stop_code: code.map(Into::into),
+            stopped_reason: reason.map(Into::into),
+            containers: containers
+                .into_iter()
+                .enumerate()
+                .map(|(i, (exit_code, r))| ContainerState {
+                    name: format!("c{i}"),
+                    last_status: Some("STOPPED".into()),
+                    exit_code,
+                    reason: r.map(Into::into),
+                })
+                .collect(),
+            ..EcsTask::default()
+        }
+    }
+
+    #[test]
+    fn the_exit_mapping_table() {
+        let running = Desired::Running;
+        let stopping = Desired::Stopping { deadline_ms: 0 };
+        let cases = [
+            (
+                "exit 0 succeeds",
+                running.clone(),
+                stopped(
+                    Some("EssentialContainerExited"),
+                    Some("Essential container in task exited"),
+                    vec![(Some(0), None)],
+                ),
+                0,
+                false,
+                false,
+            ),
+            (
+                "exit 3 fails with code 3",
+                running.clone(),
+                stopped(
+                    Some("EssentialContainerExited"),
+                    Some("Essential container in task exited"),
+                    vec![(Some(3), None)],
+                ),
+                3,
+                false,
+                true,
+            ),
+            (
+                "the non-zero container wins",
+                running.clone(),
+                stopped(
+                    Some("EssentialContainerExited"),
+                    Some("x"),
+                    vec![(Some(0), None), (Some(2), None)],
+                ),
+                2,
+                false,
+                true,
+            ),
+            (
+                "OOM is flagged",
+                running.clone(),
+                stopped(
+                    Some("EssentialContainerExited"),
+                    Some("x"),
+                    vec![(
+                        Some(137),
+                        Some("OutOfMemoryError: Container killed due to memory usage"),
+                    )],
+                ),
+                137,
+                true,
+                true,
+            ),
+            (
+                "a failed start exits 1 with the reason",
+                running.clone(),
+                stopped(
+                    Some("TaskFailedToStart"),
+                    Some("CannotPullContainerError: pull access denied"),
+                    vec![(None, None)],
+                ),
+                1,
+                false,
+                true,
+            ),
+            (
+                "a stop Nomad asked for is clean",
+                stopping,
+                stopped(
+                    Some("UserInitiated"),
+                    Some("Stopped by Nomad"),
+                    vec![(Some(143), None)],
+                ),
+                0,
+                false,
+                false,
+            ),
+            (
+                "a stop someone else made is a failure",
+                running,
+                stopped(
+                    Some("UserInitiated"),
+                    Some("stopped by an operator"),
+                    vec![(Some(143), None)],
+                ),
+                143,
+                false,
+                true,
+            ),
+        ];
+        for (name, desired, task, code, oom, has_err) in cases {
+            let e = exit_from(&rec(desired), &task, 7);
+            assert_eq!(
+                (e.exit_code, e.oom_killed, e.err.is_some()),
+                (code, oom, has_err),
+                "{name}: {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_error_text_is_the_stopped_reason_with_the_container_reason() {
+        let t = stopped(
+            Some("TaskFailedToStart"),
+            Some("Task failed to start"),
+            vec![(None, Some("CannotPullContainerError: no such image"))],
+        );
+        let e = exit_from(&rec(Desired::Running), &t, 0);
+        assert_eq!(
+            e.err.as_deref(),
+            Some("Task failed to start: CannotPullContainerError: no such image")
+        );
+    }
+}

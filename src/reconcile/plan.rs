@@ -274,3 +274,313 @@ fn event_text(task: &EcsTask) -> String {
         _ => format!("ECS task {}", task.last_status),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ecs::ContainerState;
+    use crate::store::record::{RunParams, Slot};
+
+    const NOW: u64 = 1_000_000;
+    const ARN: &str = "arn:aws:ecs:us-east-1:123456789012:task/nomad/t1";
+
+    fn record() -> TaskRecord {
+        TaskRecord {
+            task_id: "a1/web/00000001".into(),
+            alloc_id: "a1".into(),
+            task_name: "web".into(),
+            slot: Slot {
+                namespace: "default".into(),
+                job: "j".into(),
+                group: "g".into(),
+                alloc_index: 0,
+                task: "web".into(),
+            },
+            desired: Desired::Running,
+            client_token: "tok".into(),
+            cluster: "nomad".into(),
+            region: "us-east-1".into(),
+            task_definition: "web:1".into(),
+            arn: None,
+            observed: None,
+            exit: None,
+            created_ms: NOW - 10_000,
+            updated_ms: NOW - 10_000,
+            started_ms: None,
+            run: RunParams::default(),
+            run_requested_ms: None,
+            run_attempts: 0,
+            start_error: None,
+            stop_requested_ms: None,
+            last_error: None,
+        }
+    }
+
+    fn running() -> TaskRecord {
+        TaskRecord {
+            arn: Some(ARN.into()),
+            run_requested_ms: Some(NOW - 9_000),
+            started_ms: Some(NOW - 9_000),
+            ..record()
+        }
+    }
+
+    fn task(last: &str, stop_code: Option<&str>, exit: Option<i32>) -> EcsTask {
+        EcsTask {
+            arn: ARN.into(),
+            last_status: last.into(),
+            desired_status: if last == "STOPPED" {
+                "STOPPED".into()
+            } else {
+                "RUNNING".into()
+            },
+            stop_code: stop_code.map(Into::into),
+            stopped_reason: stop_code.map(|_| "Essential container in task exited".into()),
+            containers: vec![ContainerState {
+                name: "app".into(),
+                last_status: Some(last.into()),
+                exit_code: exit,
+                reason: None,
+            }],
+            ..EcsTask::default()
+        }
+    }
+
+    fn seen(t: EcsTask) -> HashMap<String, Observed> {
+        HashMap::from([(ARN.to_string(), Observed::Found(t))])
+    }
+
+    fn kinds(steps: &[Step]) -> Vec<&'static str> {
+        steps
+            .iter()
+            .map(|s| match s {
+                Step::Run { .. } => "run",
+                Step::Resolve { .. } => "resolve",
+                Step::Observe { .. } => "observe",
+                Step::Exit { .. } => "exit",
+                Step::Stop { .. } => "stop",
+                Step::Forget { .. } => "forget",
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_plan_table() {
+        let policy = Policy::default();
+        let observed_running = |r: TaskRecord| TaskRecord {
+            observed: Some(observation_of(&task("RUNNING", None, None), NOW - 1)),
+            ..r
+        };
+        let stopping = Desired::Stopping {
+            deadline_ms: NOW + 5_000,
+        };
+        let cases: Vec<(&str, TaskRecord, HashMap<String, Observed>, Vec<&str>)> = vec![
+            ("a new intent is run", record(), HashMap::new(), vec!["run"]),
+            (
+                "a RunTask just sent is not resent at once",
+                TaskRecord {
+                    run_requested_ms: Some(NOW - 100),
+                    ..record()
+                },
+                HashMap::new(),
+                vec![],
+            ),
+            (
+                "a RunTask without answer is retried with the same token",
+                TaskRecord {
+                    run_requested_ms: Some(NOW - 5_000),
+                    ..record()
+                },
+                HashMap::new(),
+                vec!["run"],
+            ),
+            (
+                "a failed start is never rerun",
+                TaskRecord {
+                    start_error: Some(crate::store::record::StartError {
+                        message: "x".into(),
+                        recoverable: true,
+                    }),
+                    ..record()
+                },
+                HashMap::new(),
+                vec![],
+            ),
+            (
+                "a destroyed intent that may have reached ECS is resolved",
+                TaskRecord {
+                    desired: Desired::Destroyed,
+                    run_requested_ms: Some(NOW - 5_000),
+                    ..record()
+                },
+                HashMap::new(),
+                vec!["resolve"],
+            ),
+            (
+                "a destroyed intent never sent is forgotten",
+                TaskRecord {
+                    desired: Desired::Destroyed,
+                    ..record()
+                },
+                HashMap::new(),
+                vec!["forget"],
+            ),
+            (
+                "the first sight of a running task is recorded",
+                running(),
+                seen(task("RUNNING", None, None)),
+                vec!["observe"],
+            ),
+            (
+                "an unchanged running task needs nothing",
+                observed_running(running()),
+                seen(task("RUNNING", None, None)),
+                vec![],
+            ),
+            (
+                "a task not queried this pass needs nothing",
+                running(),
+                HashMap::new(),
+                vec![],
+            ),
+            (
+                "a stopped task gets its exit",
+                observed_running(running()),
+                seen(task("STOPPED", Some("EssentialContainerExited"), Some(3))),
+                vec!["observe", "exit"],
+            ),
+            (
+                "a stop request stops a running task",
+                TaskRecord {
+                    desired: stopping.clone(),
+                    ..observed_running(running())
+                },
+                seen(task("RUNNING", None, None)),
+                vec!["stop"],
+            ),
+            (
+                "a stop just sent is not resent",
+                TaskRecord {
+                    desired: stopping.clone(),
+                    stop_requested_ms: Some(NOW - 1_000),
+                    ..observed_running(running())
+                },
+                seen(task("RUNNING", None, None)),
+                vec![],
+            ),
+            (
+                "a stop unanswered for long is resent",
+                TaskRecord {
+                    desired: stopping,
+                    stop_requested_ms: Some(NOW - 20_000),
+                    ..observed_running(running())
+                },
+                seen(task("RUNNING", None, None)),
+                vec!["stop"],
+            ),
+            (
+                "a destroyed running task is stopped",
+                TaskRecord {
+                    desired: Desired::Destroyed,
+                    ..observed_running(running())
+                },
+                seen(task("RUNNING", None, None)),
+                vec!["stop"],
+            ),
+            (
+                "a destroyed stopped task is forgotten after its exit",
+                TaskRecord {
+                    desired: Desired::Destroyed,
+                    ..observed_running(running())
+                },
+                seen(task("STOPPED", Some("UserInitiated"), Some(143))),
+                vec!["observe", "exit", "forget"],
+            ),
+            (
+                "a detached task is left alone",
+                TaskRecord {
+                    desired: Desired::Detached,
+                    ..running()
+                },
+                seen(task("RUNNING", None, None)),
+                vec![],
+            ),
+            (
+                "the first MISSING starts the grace period",
+                running(),
+                HashMap::from([(ARN.to_string(), Observed::Missing)]),
+                vec!["observe"],
+            ),
+        ];
+        for (name, rec, obs, want) in cases {
+            let steps = plan(&[rec], &obs, NOW, &policy);
+            assert_eq!(kinds(&steps), want, "{name}: {steps:?}");
+        }
+    }
+
+    #[test]
+    fn missing_is_tolerated_for_the_grace_period_then_the_task_is_lost() {
+        let policy = Policy {
+            missing_grace_ms: 60_000,
+            ..Policy::default()
+        };
+        let missing = HashMap::from([(ARN.to_string(), Observed::Missing)]);
+        let mut rec = running();
+        let first = plan(std::slice::from_ref(&rec), &missing, NOW, &policy);
+        let Step::Observe { observation, .. } = &first[0] else {
+            panic!("{first:?}")
+        };
+        rec.observed = Some(observation.clone());
+        assert!(
+            plan(std::slice::from_ref(&rec), &missing, NOW + 59_000, &policy).is_empty(),
+            "within the grace period"
+        );
+        let late = plan(std::slice::from_ref(&rec), &missing, NOW + 61_000, &policy);
+        let Some(Step::Exit { exit, .. }) = late.first() else {
+            panic!("{late:?}")
+        };
+        assert_eq!(exit.exit_code, 1);
+        assert!(exit.err.as_deref().unwrap().contains("lost"), "{exit:?}");
+    }
+
+    #[test]
+    fn a_missing_task_we_asked_to_stop_is_simply_done() {
+        let policy = Policy::default();
+        let missing = HashMap::from([(ARN.to_string(), Observed::Missing)]);
+        let mut rec = TaskRecord {
+            desired: Desired::Stopping { deadline_ms: NOW },
+            stop_requested_ms: Some(NOW - 1_000),
+            ..running()
+        };
+        rec.observed = Some(Observation {
+            missing_since_ms: Some(NOW - 1_000),
+            ..observation_of(&task("RUNNING", None, None), NOW - 1_000)
+        });
+        let steps = plan(&[rec], &missing, NOW, &policy);
+        let Some(Step::Exit { exit, .. }) = steps.first() else {
+            panic!("{steps:?}")
+        };
+        assert_eq!((exit.exit_code, exit.err.as_deref()), (0, None));
+    }
+
+    #[test]
+    fn a_status_change_yields_one_event() {
+        let rec = TaskRecord {
+            observed: Some(observation_of(&task("PROVISIONING", None, None), NOW - 1)),
+            ..running()
+        };
+        let steps = plan(
+            &[rec],
+            &seen(task("RUNNING", None, None)),
+            NOW,
+            &Policy::default(),
+        );
+        let Some(Step::Observe {
+            event: Some(text), ..
+        }) = steps.first()
+        else {
+            panic!("{steps:?}")
+        };
+        assert_eq!(text, "ECS task RUNNING");
+    }
+}

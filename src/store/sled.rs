@@ -83,9 +83,6 @@ impl SledStore {
             source,
         };
         self.db.flush().map_err(failed)?;
-        if std::env::var_os("SKIP_FDATASYNC").is_some() {
-            return Ok(());
-        }
         self.log
             .sync_data()
             .map_err(|e| failed(::sled::Error::Io(e)))
