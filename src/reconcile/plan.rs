@@ -374,7 +374,8 @@ mod tests {
         let stopping = Desired::Stopping {
             deadline_ms: NOW + 5_000,
         };
-        let cases: Vec<(&str, TaskRecord, HashMap<String, Observed>, Vec<&str>)> = vec![
+        type Case = (&'static str, TaskRecord, HashMap<String, Observed>, Vec<&'static str>);
+        let cases: Vec<Case> = vec![
             ("a new intent is run", record(), HashMap::new(), vec!["run"]),
             (
                 "a RunTask just sent is not resent at once",
