@@ -25,6 +25,14 @@ pub const KEYS: &[&str] = &[
     "nomad_address",
     "nomad_token",
     "missing_grace",
+    "nomad_ca_cert",
+    "nomad_client_cert",
+    "nomad_client_key",
+    "nomad_tls_server_name",
+    "handoff_grace",
+    "orphan_sweep_interval",
+    "telemetry_endpoint",
+    "telemetry_service_name",
 ];
 
 /// The agent `plugin` block's schema. No attribute carries an hclspec
@@ -44,6 +52,14 @@ pub fn schema() -> crate::schema::Object {
         .attr("nomad_address", Ty::String)
         .attr("nomad_token", Ty::String)
         .attr("missing_grace", Ty::String)
+        .attr("nomad_ca_cert", Ty::String)
+        .attr("nomad_client_cert", Ty::String)
+        .attr("nomad_client_key", Ty::String)
+        .attr("nomad_tls_server_name", Ty::String)
+        .attr("handoff_grace", Ty::String)
+        .attr("orphan_sweep_interval", Ty::String)
+        .attr("telemetry_endpoint", Ty::String)
+        .attr("telemetry_service_name", Ty::String)
 }
 
 /// Environment variable naming the optional TOML file.
@@ -86,6 +102,28 @@ pub struct Settings {
     /// consistency) before the driver reports it lost.
     #[serde(with = "duration")]
     pub missing_grace: Duration,
+    /// CA bundle for an https Nomad API (default: the agent's `NOMAD_CACERT`).
+    pub nomad_ca_cert: Option<PathBuf>,
+    /// Client certificate for the Nomad API (default: `NOMAD_CLIENT_CERT`).
+    pub nomad_client_cert: Option<PathBuf>,
+    /// Client key for the Nomad API (default: `NOMAD_CLIENT_KEY`).
+    pub nomad_client_key: Option<PathBuf>,
+    /// TLS server name for the Nomad API (default: `NOMAD_TLS_SERVER_NAME`).
+    pub nomad_tls_server_name: Option<String>,
+    /// How long a handed-off ECS task waits for a replacement allocation to
+    /// adopt it before the driver stops it.
+    #[serde(with = "duration")]
+    pub handoff_grace: Duration,
+    /// Period of the orphan sweep (needs the Nomad API).
+    #[serde(with = "duration")]
+    pub orphan_sweep_interval: Duration,
+    /// OTLP/gRPC collector endpoint (`http://host:4317`); empty means the
+    /// `OTEL_EXPORTER_OTLP_*ENDPOINT` variables. Telemetry is off unless one
+    /// of them is set (see `telemetry::plan`).
+    pub telemetry_endpoint: Option<String>,
+    /// `service.name` of the exported telemetry; empty means
+    /// `OTEL_SERVICE_NAME`, else `nomad-driver-ecs`.
+    pub telemetry_service_name: Option<String>,
 }
 
 impl Default for Settings {
@@ -102,6 +140,14 @@ impl Default for Settings {
             nomad_address: None,
             nomad_token: None,
             missing_grace: Duration::from_secs(120),
+            nomad_ca_cert: None,
+            nomad_client_cert: None,
+            nomad_client_key: None,
+            nomad_tls_server_name: None,
+            handoff_grace: Duration::from_secs(300),
+            orphan_sweep_interval: Duration::from_secs(300),
+            telemetry_endpoint: None,
+            telemetry_service_name: None,
         }
     }
 }
@@ -123,6 +169,14 @@ impl std::fmt::Debug for Settings {
                 &self.nomad_token.as_ref().map(|_| "<redacted>"),
             )
             .field("missing_grace", &self.missing_grace)
+            .field("nomad_ca_cert", &self.nomad_ca_cert)
+            .field("nomad_client_cert", &self.nomad_client_cert)
+            .field("nomad_client_key", &self.nomad_client_key)
+            .field("nomad_tls_server_name", &self.nomad_tls_server_name)
+            .field("handoff_grace", &self.handoff_grace)
+            .field("orphan_sweep_interval", &self.orphan_sweep_interval)
+            .field("telemetry_endpoint", &self.telemetry_endpoint)
+            .field("telemetry_service_name", &self.telemetry_service_name)
             .finish()
     }
 }
@@ -185,6 +239,8 @@ pub fn load(plugin_block: Option<serde_json::Value>) -> Result<Settings, ConfigE
     let fig = figment(plugin_block)?;
     let mut s: Settings = fig.extract().map_err(|e| ConfigError::Layer(flatten(e)))?;
     normalize(&mut s);
+    nomad_env_defaults(&mut s);
+    normalize(&mut s);
     validate(&s, &fig)?;
     Ok(s)
 }
@@ -196,6 +252,43 @@ fn flatten(e: figment::Error) -> String {
         .join("; ")
 }
 
+/// The agent's Nomad API environment, used where the config sets nothing.
+fn nomad_env_defaults(s: &mut Settings) {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    if s.nomad_address.is_none() {
+        s.nomad_address = env("NOMAD_ADDR");
+    }
+    if s.nomad_token.is_none() {
+        s.nomad_token = env("NOMAD_TOKEN");
+    }
+    if s.nomad_ca_cert.is_none() {
+        s.nomad_ca_cert = env("NOMAD_CACERT").map(PathBuf::from);
+    }
+    if s.nomad_client_cert.is_none() {
+        s.nomad_client_cert = env("NOMAD_CLIENT_CERT").map(PathBuf::from);
+    }
+    if s.nomad_client_key.is_none() {
+        s.nomad_client_key = env("NOMAD_CLIENT_KEY").map(PathBuf::from);
+    }
+    if s.nomad_tls_server_name.is_none() {
+        s.nomad_tls_server_name = env("NOMAD_TLS_SERVER_NAME");
+    }
+}
+
+impl Settings {
+    /// The Nomad API configuration, when an address is known.
+    pub fn nomad_api(&self) -> Option<crate::nomad::ApiConfig> {
+        Some(crate::nomad::ApiConfig {
+            address: self.nomad_address.clone()?,
+            token: self.nomad_token.clone(),
+            ca_cert: self.nomad_ca_cert.clone(),
+            client_cert: self.nomad_client_cert.clone(),
+            client_key: self.nomad_client_key.clone(),
+            tls_server_name: self.nomad_tls_server_name.clone(),
+        })
+    }
+}
+
 /// Empty strings mean "not set".
 fn normalize(s: &mut Settings) {
     for opt in [
@@ -203,12 +296,20 @@ fn normalize(s: &mut Settings) {
         &mut s.endpoint,
         &mut s.nomad_address,
         &mut s.nomad_token,
+        &mut s.nomad_tls_server_name,
+        &mut s.telemetry_endpoint,
+        &mut s.telemetry_service_name,
     ] {
         if opt.as_deref().is_some_and(|v| v.trim().is_empty()) {
             *opt = None;
         }
     }
     s.cluster = s.cluster.trim().to_string();
+    for p in [&mut s.nomad_ca_cert, &mut s.nomad_client_cert, &mut s.nomad_client_key] {
+        if p.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            *p = None;
+        }
+    }
 }
 
 fn validate(s: &Settings, fig: &Figment) -> Result<(), ConfigError> {
@@ -235,6 +336,9 @@ fn validate(s: &Settings, fig: &Figment) -> Result<(), ConfigError> {
     if let Some(e) = &s.endpoint {
         check_url(e, &["http", "https"]).map_err(|r| invalid("endpoint", r))?;
     }
+    if let Some(e) = &s.telemetry_endpoint {
+        check_url(e, &["http", "https"]).map_err(|r| invalid("telemetry_endpoint", r))?;
+    }
     if let Some(a) = &s.nomad_address {
         check_url(a, &["http", "https", "unix"]).map_err(|r| invalid("nomad_address", r))?;
     }
@@ -243,6 +347,8 @@ fn validate(s: &Settings, fig: &Figment) -> Result<(), ConfigError> {
         ("reconcile_interval", s.reconcile_interval),
         ("fingerprint_interval", s.fingerprint_interval),
         ("missing_grace", s.missing_grace),
+        ("handoff_grace", s.handoff_grace),
+        ("orphan_sweep_interval", s.orphan_sweep_interval),
     ] {
         if d < bounds.0 || d > bounds.1 {
             return Err(invalid(field, format!("{d:?} is outside 100ms..1h")));
@@ -514,6 +620,7 @@ mod tests {
             for (block, field) in [
                 (json!({"cluster": "bad name!"}), "cluster"),
                 (json!({"endpoint": "ftp://x"}), "endpoint"),
+                (json!({"telemetry_endpoint": "collector:4317"}), "telemetry_endpoint"),
                 (json!({"api_budget": 1.5}), "api_budget"),
                 (json!({"reconcile_interval": "0s"}), "reconcile_interval"),
                 (json!({"state_dir": "relative/dir"}), "state_dir"),

@@ -64,6 +64,9 @@ pub struct Configured {
     pub settings: Settings,
     /// The ECS client, or why there is none.
     pub ecs: Result<Ecs, String>,
+    /// The Nomad API client; none without an address (safe mode: StopTask
+    /// stops, StartTask starts, no hand-off, no adoption, no orphan sweep).
+    pub nomad: Option<crate::nomad::NomadApi>,
 }
 
 /// The driver instance of one plugin process.
@@ -124,6 +127,22 @@ impl Driver {
         } else {
             Err("disabled".to_string())
         };
+        let nomad = match settings.nomad_api().map(|c| crate::nomad::NomadApi::new(&c)) {
+            None => {
+                if settings.enabled && !unchanged {
+                    tracing::warn!(
+                        "no Nomad API address (nomad_address or NOMAD_ADDR): drains and node loss stop ECS tasks \
+                         instead of handing them over, and the orphan sweep is off"
+                    );
+                }
+                None
+            }
+            Some(Ok(api)) => Some(api),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "the Nomad API client cannot be built; running without it (safe mode)");
+                None
+            }
+        };
         if for_real && settings.enabled {
             let mut held = self.runtime.lock().await;
             match held.as_ref() {
@@ -137,6 +156,7 @@ impl Driver {
                     if let Ok(ecs) = &ecs {
                         rt.reconciler.set_ecs(ecs.clone()).await;
                     }
+                    rt.reconciler.set_nomad(nomad.clone()).await;
                 }
                 None => {
                     if let Ok(ecs) = &ecs {
@@ -150,6 +170,7 @@ impl Driver {
                             ecs.clone(),
                             settings.clone(),
                             reconcile::plan::Policy::from_settings(&settings),
+                            nomad.clone(),
                         );
                         tokio::spawn(reconciler.run(self.shutdown.clone()));
                         *held = Some(Arc::new(Runtime {
@@ -157,9 +178,9 @@ impl Driver {
                             reconciler: handle,
                         }));
                     } else {
-                        // Without a client nothing can run; still hold the
-                        // directory so no second process takes it meanwhile.
-                        let _ = held;
+                        // Without an ECS client nothing can run; the store
+                        // stays closed until a config that works arrives.
+                        tracing::warn!("no ECS client; the task store stays closed until SetConfig succeeds");
                     }
                 }
             }
@@ -176,7 +197,7 @@ impl Driver {
             "configured"
         );
         self.current
-            .send_replace(Some(Arc::new(Configured { settings, ecs })));
+            .send_replace(Some(Arc::new(Configured { settings, ecs, nomad })));
         Ok(())
     }
 

@@ -176,7 +176,8 @@ impl Ecs {
             .region()
             .map(ToString::to_string)
             .ok_or(EcsError::NoRegion)?;
-        let mut conf = aws_sdk_ecs::config::Builder::from(&shared);
+        let mut conf = aws_sdk_ecs::config::Builder::from(&shared)
+            .interceptor(crate::telemetry::ecs_interceptor());
         if let Some(endpoint) = &settings.endpoint {
             conf = conf.endpoint_url(endpoint);
         }
@@ -243,6 +244,7 @@ impl Ecs {
     async fn admit(&self, category: Category, operation: &'static str) {
         let waited = self.budget.bucket(category).acquire().await;
         self.calls.count(operation);
+        crate::telemetry::record_ecs_call(operation, waited);
         if waited > Duration::from_millis(100) {
             tracing::debug!(
                 operation,
@@ -257,7 +259,7 @@ impl Ecs {
     /// # Errors
     /// [`EcsError`] when the call fails; placement failures are an
     /// `Ok(RunOutcome::Failed)`.
-    #[tracing::instrument(skip_all, fields(rpc.method = "RunTask", aws.ecs.cluster = %spec.cluster))]
+    #[tracing::instrument(skip_all, fields(otel.name = "ECS.RunTask", otel.kind = "client", rpc.system = "aws-api", rpc.service = "ECS", cloud.region = %self.region, rpc.method = "RunTask", aws.ecs.cluster = %spec.cluster, aws.ecs.task.arn))]
     pub async fn run_task(&self, spec: &RunSpec) -> Result<RunOutcome, EcsError> {
         use aws_sdk_ecs::types::{
             AssignPublicIp, AwsVpcConfiguration, LaunchType, NetworkConfiguration, Tag,
@@ -303,6 +305,7 @@ impl Ecs {
         }
         let out = req.send().await.map_err(|e| self.classify("RunTask", e))?;
         if let Some(task) = out.tasks().first() {
+            tracing::Span::current().record("aws.ecs.task.arn", task.task_arn().unwrap_or(""));
             return Ok(RunOutcome::Started(model::task_from_sdk(task)));
         }
         let reasons = out
@@ -329,7 +332,7 @@ impl Ecs {
     ///
     /// # Errors
     /// [`EcsError`] for the first failing batch.
-    #[tracing::instrument(skip_all, fields(rpc.method = "DescribeTasks", aws.ecs.cluster = cluster, tasks = arns.len()))]
+    #[tracing::instrument(skip_all, fields(otel.name = "ECS.DescribeTasks", otel.kind = "client", rpc.system = "aws-api", rpc.service = "ECS", cloud.region = %self.region, rpc.method = "DescribeTasks", aws.ecs.cluster = cluster, tasks = arns.len()))]
     pub async fn describe_tasks(
         &self,
         cluster: &str,
@@ -363,7 +366,7 @@ impl Ecs {
     ///
     /// # Errors
     /// [`EcsError`] when the call fails for another reason.
-    #[tracing::instrument(skip_all, fields(rpc.method = "StopTask", aws.ecs.task.arn = arn))]
+    #[tracing::instrument(skip_all, fields(otel.name = "ECS.StopTask", otel.kind = "client", rpc.system = "aws-api", rpc.service = "ECS", cloud.region = %self.region, rpc.method = "StopTask", aws.ecs.cluster = cluster, aws.ecs.task.arn = arn))]
     pub async fn stop_task(
         &self,
         cluster: &str,
@@ -404,7 +407,7 @@ impl Ecs {
     ///
     /// # Errors
     /// [`EcsError`] when a call fails.
-    #[tracing::instrument(skip_all, fields(rpc.method = "ListTasks", started_by))]
+    #[tracing::instrument(skip_all, fields(otel.name = "ECS.ListTasks", otel.kind = "client", rpc.system = "aws-api", rpc.service = "ECS", cloud.region = %self.region, rpc.method = "ListTasks", aws.ecs.cluster = cluster, started_by))]
     pub async fn list_started_by(
         &self,
         cluster: &str,
@@ -439,11 +442,39 @@ impl Ecs {
         Ok(arns)
     }
 
+    /// ARNs of every RUNNING task in the cluster (for the orphan sweep),
+    /// page by page.
+    ///
+    /// # Errors
+    /// [`EcsError`] when a call fails.
+    #[tracing::instrument(skip_all, fields(otel.name = "ECS.ListTasks", otel.kind = "client", rpc.system = "aws-api", rpc.service = "ECS", cloud.region = %self.region, rpc.method = "ListTasks", aws.ecs.cluster = cluster))]
+    pub async fn list_running(&self, cluster: &str) -> Result<Vec<String>, EcsError> {
+        let mut arns = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            self.admit(Category::ResourceRead, "ListTasks").await;
+            let out = self
+                .client
+                .list_tasks()
+                .cluster(cluster)
+                .desired_status(aws_sdk_ecs::types::DesiredStatus::Running)
+                .set_next_token(token.clone())
+                .send()
+                .await
+                .map_err(|e| self.classify("ListTasks", e))?;
+            arns.extend(out.task_arns().iter().cloned());
+            token = out.next_token().map(ToString::to_string);
+            if token.is_none() {
+                return Ok(arns);
+            }
+        }
+    }
+
     /// TagResource on a task (the ownership record).
     ///
     /// # Errors
     /// [`EcsError`] when the call fails.
-    #[tracing::instrument(skip_all, fields(rpc.method = "TagResource", aws.ecs.task.arn = arn))]
+    #[tracing::instrument(skip_all, fields(otel.name = "ECS.TagResource", otel.kind = "client", rpc.system = "aws-api", rpc.service = "ECS", cloud.region = %self.region, rpc.method = "TagResource", aws.ecs.task.arn = arn))]
     pub async fn tag_task(&self, arn: &str, tags: &[(String, String)]) -> Result<(), EcsError> {
         use aws_sdk_ecs::types::Tag;
         self.admit(Category::TagModify, "TagResource").await;
@@ -461,7 +492,7 @@ impl Ecs {
     ///
     /// # Errors
     /// [`EcsError`] for any failure of the call itself.
-    #[tracing::instrument(skip_all, fields(aws.ecs.cluster = cluster, rpc.method = "DescribeClusters"))]
+    #[tracing::instrument(skip_all, fields(otel.name = "ECS.DescribeClusters", otel.kind = "client", rpc.system = "aws-api", rpc.service = "ECS", cloud.region = %self.region, aws.ecs.cluster = cluster, rpc.method = "DescribeClusters"))]
     pub async fn describe_cluster(&self, cluster: &str) -> Result<ClusterState, EcsError> {
         self.admit(Category::ClusterRead, "DescribeClusters").await;
         let out = self
@@ -492,7 +523,7 @@ impl Ecs {
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
         R: std::fmt::Debug + HttpStatus + Send + Sync + 'static,
     {
-        classify(operation, &self.endpoint, err)
+        crate::telemetry::record_ecs_error(operation, classify(operation, &self.endpoint, err))
     }
 }
 

@@ -5,6 +5,11 @@
 //! `@timestamp`, and drops a line whose timestamp is not exactly
 //! `2006-01-02T15:04:05.000000Z07:00`; this module is the only writer of
 //! stderr and always emits those three keys as strings in that format.
+//!
+//! With telemetry on, each line inside a sampled span also carries
+//! `trace_id` and `span_id` (W3C hex), so a log line leads to its trace.
+//! The log filter applies to this layer only: the telemetry layer next to it
+//! has its own (see `telemetry::layer`).
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -41,16 +46,17 @@ pub fn stderr_broken() -> bool {
     STDERR_BROKEN.load(Ordering::Relaxed)
 }
 
-/// Install the hclog JSON layer as the global subscriber. The filter comes
-/// from `NOMAD_ECS_LOG` (an `EnvFilter` directive) or [`DEFAULT_FILTER`].
+/// Install the global subscriber: the hclog JSON layer, filtered by
+/// `NOMAD_ECS_LOG` (an `EnvFilter` directive) or [`DEFAULT_FILTER`], and the
+/// (dormant until configured) telemetry layer.
 pub fn init() {
     let filter = std::env::var("NOMAD_ECS_LOG")
         .ok()
         .and_then(|s| EnvFilter::try_new(s).ok())
         .unwrap_or_else(|| EnvFilter::new(DEFAULT_FILTER));
     let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(HclogLayer)
+        .with(crate::telemetry::layer::layer())
+        .with(HclogLayer.with_filter(filter))
         .try_init();
 }
 
@@ -69,6 +75,8 @@ where
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let mut fields = JsonVisitor::default();
         attrs.record(&mut fields);
+        // `otel.name`, `otel.kind`: instructions to the telemetry layer.
+        fields.fields.retain(|k, _| !k.starts_with("otel."));
         if let Some(span) = ctx.span(id) {
             span.extensions_mut().insert(SpanFields(fields.fields));
         }
@@ -107,6 +115,10 @@ where
             })
             .unwrap_or_default();
         line.extend(fields.fields);
+        if let Some((trace_id, span_id)) = crate::telemetry::current_ids() {
+            line.insert("trace_id".into(), Value::String(trace_id));
+            line.insert("span_id".into(), Value::String(span_id));
+        }
         let meta = event.metadata();
         let module = meta
             .module_path()

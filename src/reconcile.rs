@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::ecs::{Ecs, EcsError, RunOutcome, RunSpec, StopOutcome};
+use crate::nomad::NomadApi;
 use crate::store::record::{Desired, ExitRecord, StartError, TaskRecord};
 use crate::store::{Store, StoreError};
 use crate::task_config::{LaunchType, VpcConfig};
@@ -165,6 +166,7 @@ pub struct Handle {
     hub: Arc<Hub>,
     trigger: mpsc::UnboundedSender<String>,
     ecs: Arc<Mutex<Ecs>>,
+    nomad: Arc<Mutex<Option<NomadApi>>>,
     pass_stats: Arc<std::sync::Mutex<PassStats>>,
 }
 
@@ -193,6 +195,16 @@ impl Handle {
     /// Use a new ECS client (after a config change).
     pub async fn set_ecs(&self, ecs: Ecs) {
         *self.ecs.lock().await = ecs;
+    }
+
+    /// Use a new Nomad API client (or none).
+    pub async fn set_nomad(&self, nomad: Option<NomadApi>) {
+        *self.nomad.lock().await = nomad;
+    }
+
+    /// The Nomad API client, if any.
+    pub async fn nomad(&self) -> Option<NomadApi> {
+        self.nomad.lock().await.clone()
     }
 
     /// The ECS client in use.
@@ -249,6 +261,7 @@ pub fn ownership_tags(rec: &TaskRecord, alloc_id: &str) -> Vec<(String, String)>
 pub struct Reconciler {
     hub: Arc<Hub>,
     ecs: Arc<Mutex<Ecs>>,
+    nomad: Arc<Mutex<Option<NomadApi>>>,
     settings: Settings,
     policy: Policy,
     triggers: mpsc::UnboundedReceiver<String>,
@@ -264,21 +277,25 @@ impl Reconciler {
         ecs: Ecs,
         settings: Settings,
         policy: Policy,
+        nomad: Option<NomadApi>,
     ) -> (Self, Handle) {
         let (tx, rx) = mpsc::unbounded_channel();
         let hub = Arc::new(Hub::new(store));
         let ecs = Arc::new(Mutex::new(ecs));
+        let nomad = Arc::new(Mutex::new(nomad));
         let pass_stats = Arc::new(std::sync::Mutex::new(PassStats::default()));
         let handle = Handle {
             hub: hub.clone(),
             trigger: tx.clone(),
             ecs: ecs.clone(),
+            nomad: nomad.clone(),
             pass_stats: pass_stats.clone(),
         };
         (
             Self {
                 hub,
                 ecs,
+                nomad,
                 settings,
                 policy,
                 triggers: rx,
@@ -292,6 +309,13 @@ impl Reconciler {
     /// Run until `shutdown`. The first full pass starts at once, so a restarted
     /// driver converges what it left behind.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        tokio::spawn(sweep_loop(
+            self.hub.clone(),
+            self.ecs.clone(),
+            self.nomad.clone(),
+            self.settings.clone(),
+            shutdown.clone(),
+        ));
         let mut next_full = Instant::now();
         let mut followups: HashMap<String, (Instant, Duration)> = HashMap::new();
         loop {
@@ -564,6 +588,33 @@ impl Reconciler {
                 }
             }
             Step::Forget { task_id } => self.hub.forget(&task_id)?,
+            Step::LetGo { task_id, owner } => {
+                let Some(mut rec) = load(&task_id)? else { return Ok(()) };
+                let who = owner.map_or_else(|| "its tags name no owner we know".to_string(), |o| format!("allocation {o} owns it now"));
+                self.hub.emit(&rec, format!("letting go of ECS task {} without stopping it: {who}", rec.arn.as_deref().unwrap_or("")));
+                if rec.exit.is_none() {
+                    rec.exit = Some(ExitRecord { exit_code: 0, signal: 0, oom_killed: false, err: None, at_ms: now_ms() });
+                }
+                if matches!(rec.desired, Desired::Destroyed | Desired::HandedOff { .. }) {
+                    self.hub.forget(&task_id)?;
+                } else {
+                    rec.desired = Desired::Detached;
+                    self.hub.put(&rec)?;
+                }
+            }
+            Step::CheckHandOff { task_id } => {
+                let Some(mut rec) = load(&task_id)? else { return Ok(()) };
+                let Desired::HandedOff { since_ms } = rec.desired else { return Ok(()) };
+                let nomad = self.nomad.lock().await.clone();
+                if let Some(reason) = handoff_verdict(nomad.as_ref(), &rec, since_ms, self.settings.handoff_grace).await {
+                    tracing::info!(nomad.task.id = %task_id, aws.ecs.task.arn = rec.arn.as_deref().unwrap_or(""), reason = %reason, "stopping a handed-off ECS task");
+                    self.hub.emit(&rec, format!("stopping handed-off ECS task: {reason}"));
+                    rec.desired = Desired::Destroyed;
+                    self.hub.put(&rec)?;
+                    let _ = self.self_trigger.send(task_id);
+                }
+            }
+
         }
         Ok(())
     }
@@ -588,6 +639,127 @@ impl Reconciler {
     }
 }
 
+/// The orphan sweep: every `orphan_sweep_interval`, ECS tasks in the cluster
+/// that carry our tags but belong to no record of ours, whose owning
+/// allocation Nomad reports gone or terminal with no live replacement, are
+/// stopped. Each decision is logged. Off without the Nomad API.
+async fn sweep_loop(
+    hub: Arc<Hub>,
+    ecs: Arc<Mutex<Ecs>>,
+    nomad: Arc<Mutex<Option<NomadApi>>>,
+    settings: Settings,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval_at(Instant::now() + settings.orphan_sweep_interval, settings.orphan_sweep_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(api) = nomad.lock().await.clone() else {
+            tracing::debug!("orphan sweep skipped: no Nomad API");
+            continue;
+        };
+        let ecs = ecs.lock().await.clone();
+        match sweep(&hub, &ecs, &api, &settings).await {
+            Ok(stopped) => tracing::debug!(stopped, "orphan sweep done"),
+            Err(e) => tracing::warn!(error = %e, "orphan sweep failed; will retry next period"),
+        }
+    }
+}
+
+/// One orphan sweep; returns how many tasks it stopped.
+///
+/// # Errors
+/// The first ECS failure.
+pub async fn sweep(hub: &Hub, ecs: &Ecs, api: &NomadApi, settings: &Settings) -> Result<usize, EcsError> {
+    let known: HashSet<String> = hub
+        .store()
+        .list()
+        .map(|l| l.records.into_iter().filter_map(|r| r.arn).collect())
+        .unwrap_or_default();
+    let running = ecs.list_running(&settings.cluster).await?;
+    let unknown: Vec<String> = running.into_iter().filter(|a| !known.contains(a)).collect();
+    if unknown.is_empty() {
+        return Ok(0);
+    }
+    let (tasks, _) = ecs.describe_tasks(&settings.cluster, &unknown).await?;
+    let mut stopped = 0;
+    for t in tasks {
+        if t.tags.get(TAG_DRIVER).map(String::as_str) != Some(DRIVER_ID) || t.is_stopped() {
+            continue; // not ours: never touched
+        }
+        let Some(owner) = t.tags.get(TAG_ALLOC_ID) else { continue };
+        let verdict = match api.allocation(owner).await {
+            Ok(None) => Some(format!("allocation {owner} is gone from Nomad")),
+            Ok(Some(a)) if a.job.as_ref().is_some_and(|j| j.stop) && a.desired_status != "run" => {
+                Some(format!("job {} of allocation {owner} was stopped", a.job_id))
+            }
+            Ok(Some(a)) if a.is_terminal() || a.desired_status == "stop" => {
+                let age = Duration::from_millis(now_ms().saturating_sub(u64::try_from(a.modify_time / 1_000_000).unwrap_or(0)));
+                let replacement_live = if a.next_allocation.is_empty() {
+                    false
+                } else {
+                    matches!(api.allocation(&a.next_allocation).await, Ok(Some(n)) if !n.is_terminal() && n.desired_status == "run")
+                };
+                (!replacement_live && age >= settings.handoff_grace)
+                    .then(|| format!("allocation {owner} is {} and no allocation adopted the task", a.client_status))
+            }
+            Ok(Some(_)) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, aws.ecs.task.arn = %t.arn, "orphan sweep: Nomad API unavailable; keeping the task");
+                None
+            }
+        };
+        match verdict {
+            None => tracing::debug!(aws.ecs.task.arn = %t.arn, owner = %owner, "orphan sweep: keeping a task a live allocation owns"),
+            Some(reason) => {
+                tracing::info!(aws.ecs.task.arn = %t.arn, reason = %reason, "orphan sweep: stopping an orphaned ECS task");
+                let r = truncate(&format!("Stopped by nomad-driver-ecs orphan sweep: {reason}"), 255);
+                match ecs.stop_task(&settings.cluster, &t.arn, &r).await {
+                    Ok(_) => stopped += 1,
+                    Err(e) => tracing::warn!(error = %e, aws.ecs.task.arn = %t.arn, "orphan sweep: StopTask failed"),
+                }
+            }
+        }
+    }
+    Ok(stopped)
+}
+
+/// Why a handed-off task should now be stopped, or `None` to keep waiting
+/// for its replacement. Without the Nomad API only the grace period decides.
+async fn handoff_verdict(nomad: Option<&NomadApi>, rec: &TaskRecord, since_ms: u64, grace: Duration) -> Option<String> {
+    let waited = Duration::from_millis(now_ms().saturating_sub(since_ms));
+    let late = waited >= grace;
+    let Some(api) = nomad else {
+        return late.then(|| format!("no allocation adopted it within {grace:?} (no Nomad API to ask)"));
+    };
+    let alloc = match api.allocation(&rec.alloc_id).await {
+        Ok(Some(a)) => a,
+        Ok(None) => return Some(format!("allocation {} is gone from Nomad", rec.alloc_id)),
+        Err(e) => {
+            tracing::warn!(error = %e, "Nomad API unavailable while watching a hand-off");
+            return late.then(|| format!("no allocation adopted it within {grace:?} (Nomad API unavailable: {e})"));
+        }
+    };
+    if alloc.job.as_ref().is_some_and(|j| j.stop) {
+        return Some(format!("job {} was stopped", alloc.job_id));
+    }
+    match api.job(&alloc.namespace, &alloc.job_id).await {
+        Ok(None) => return Some(format!("job {} was purged", alloc.job_id)),
+        Ok(Some(j)) if j.stop => return Some(format!("job {} was stopped", alloc.job_id)),
+        _ => {}
+    }
+    if !late {
+        return None;
+    }
+    if alloc.next_allocation.is_empty() {
+        return Some(format!("no replacement allocation was placed within {grace:?}"));
+    }
+    Some(format!("replacement allocation {} did not adopt it within {grace:?}", alloc.next_allocation))
+}
+
 /// Whether a record needs no quick follow-up.
 fn settled(rec: &TaskRecord) -> bool {
     match rec.desired {
@@ -610,8 +782,8 @@ fn settled(rec: &TaskRecord) -> bool {
 async fn observe(ecs: &Ecs, records: &[TaskRecord]) -> HashMap<String, Observed> {
     let mut by_cluster: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for r in records {
-        let wanted =
-            r.desired != Desired::Detached && (r.exit.is_none() || r.desired == Desired::Destroyed);
+        let wanted = r.desired != Desired::Detached
+            && (r.exit.is_none() || matches!(r.desired, Desired::Destroyed | Desired::HandedOff { .. }));
         if let (Some(arn), true) = (&r.arn, wanted) {
             by_cluster
                 .entry(r.cluster.as_str())

@@ -39,7 +39,7 @@ impl BaseService {
 #[tonic::async_trait]
 impl BasePlugin for BaseService {
     /// Identity: a DRIVER named `ecs`, API v0.1.0, our semver.
-    #[tracing::instrument(skip_all, fields(rpc.method = "PluginInfo"))]
+    #[tracing::instrument(skip_all, fields(otel.name = "hashicorp.nomad.plugins.base.proto.BasePlugin/PluginInfo", otel.kind = "server", rpc.system = "grpc", rpc.service = crate::telemetry::BASE_SERVICE, rpc.method = "PluginInfo"))]
     async fn plugin_info(
         &self,
         _: Request<base::PluginInfoRequest>,
@@ -53,7 +53,7 @@ impl BasePlugin for BaseService {
     }
 
     /// The hclspec of the agent's `plugin` block.
-    #[tracing::instrument(skip_all, fields(rpc.method = "ConfigSchema"))]
+    #[tracing::instrument(skip_all, fields(otel.name = "hashicorp.nomad.plugins.base.proto.BasePlugin/ConfigSchema", otel.kind = "server", rpc.system = "grpc", rpc.service = crate::telemetry::BASE_SERVICE, rpc.method = "ConfigSchema"))]
     async fn config_schema(
         &self,
         _: Request<base::ConfigSchemaRequest>,
@@ -65,7 +65,7 @@ impl BasePlugin for BaseService {
 
     /// Decode the cty-msgpack config and apply it. Nomad calls this twice on
     /// its validation launch and once more on the long-lived one.
-    #[tracing::instrument(skip_all, fields(rpc.method = "SetConfig"))]
+    #[tracing::instrument(skip_all, fields(otel.name = "hashicorp.nomad.plugins.base.proto.BasePlugin/SetConfig", otel.kind = "server", rpc.system = "grpc", rpc.service = crate::telemetry::BASE_SERVICE, rpc.method = "SetConfig"))]
     async fn set_config(
         &self,
         request: Request<base::SetConfigRequest>,
@@ -89,6 +89,9 @@ impl BasePlugin for BaseService {
                     .decode(&value)
                     .map_err(DriverError::ConfigShape)?
             };
+            if req.nomad_config.is_some() && let Ok(settings) = crate::config::load(Some(block.clone())) {
+                crate::telemetry::configure(&settings);
+            }
             self.driver
                 .set_config(block, req.nomad_config.is_some())
                 .await
@@ -180,6 +183,7 @@ impl driver_server::Driver for DriverService {
     type ExecTaskStreamingStream = BoxStream<pb::ExecTaskStreamingResponse>;
 
     /// Nomad 2.0.4+: called after every dispense; nothing to do beyond SetConfig.
+    #[tracing::instrument(skip_all, fields(otel.name = "hashicorp.nomad.plugins.drivers.proto.Driver/Init", otel.kind = "server", rpc.system = "grpc", rpc.service = crate::telemetry::DRIVER_SERVICE, rpc.method = "Init"))]
     async fn init(
         &self,
         _: Request<pb::InitRequest>,
@@ -188,7 +192,7 @@ impl driver_server::Driver for DriverService {
     }
 
     /// The hclspec of the job's `task { config { ... } }` block.
-    #[tracing::instrument(skip_all, fields(rpc.method = "TaskConfigSchema"))]
+    #[tracing::instrument(skip_all, fields(otel.name = "hashicorp.nomad.plugins.drivers.proto.Driver/TaskConfigSchema", otel.kind = "server", rpc.system = "grpc", rpc.service = crate::telemetry::DRIVER_SERVICE, rpc.method = "TaskConfigSchema"))]
     async fn task_config_schema(
         &self,
         _: Request<pb::TaskConfigSchemaRequest>,
@@ -198,7 +202,7 @@ impl driver_server::Driver for DriverService {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc.method = "Capabilities"))]
+    #[tracing::instrument(skip_all, fields(otel.name = "hashicorp.nomad.plugins.drivers.proto.Driver/Capabilities", otel.kind = "server", rpc.system = "grpc", rpc.service = crate::telemetry::DRIVER_SERVICE, rpc.method = "Capabilities"))]
     async fn capabilities(
         &self,
         _: Request<pb::CapabilitiesRequest>,
@@ -210,7 +214,7 @@ impl driver_server::Driver for DriverService {
 
     /// One long-lived stream: a snapshot at once, then periodically and on
     /// every configuration change, until the plugin exits.
-    #[tracing::instrument(skip_all, fields(rpc.method = "Fingerprint"))]
+    #[tracing::instrument(skip_all, fields(otel.name = "hashicorp.nomad.plugins.drivers.proto.Driver/Fingerprint", otel.kind = "server", rpc.system = "grpc", rpc.service = crate::telemetry::DRIVER_SERVICE, rpc.method = "Fingerprint"))]
     async fn fingerprint(
         &self,
         _: Request<pb::FingerprintRequest>,
@@ -223,7 +227,7 @@ impl driver_server::Driver for DriverService {
 
     /// Rebuild a task from its handle alone (no task config after an agent
     /// restart). Idempotent.
-    #[tracing::instrument(skip_all, fields(rpc.method = "RecoverTask"))]
+    #[tracing::instrument(skip_all, fields(otel.name = "hashicorp.nomad.plugins.drivers.proto.Driver/RecoverTask", otel.kind = "server", rpc.system = "grpc", rpc.service = crate::telemetry::DRIVER_SERVICE, rpc.method = "RecoverTask"))]
     async fn recover_task(
         &self,
         request: Request<pb::RecoverTaskRequest>,
@@ -253,7 +257,7 @@ impl driver_server::Driver for DriverService {
     }
 
     /// Start the ECS task; the handle echoes the request's TaskConfig.
-    #[tracing::instrument(skip_all, fields(rpc.method = "StartTask"))]
+    #[tracing::instrument(skip_all, fields(otel.name = "hashicorp.nomad.plugins.drivers.proto.Driver/StartTask", otel.kind = "server", rpc.system = "grpc", rpc.service = crate::telemetry::DRIVER_SERVICE, rpc.method = "StartTask"))]
     async fn start_task(
         &self,
         request: Request<pb::StartTaskRequest>,
@@ -281,7 +285,7 @@ impl driver_server::Driver for DriverService {
     }
 
     /// Block until the task exits; the result comes from ECS.
-    #[tracing::instrument(skip_all, fields(rpc.method = "WaitTask", nomad.task.id))]
+    #[tracing::instrument(skip_all, fields(otel.name = "hashicorp.nomad.plugins.drivers.proto.Driver/WaitTask", otel.kind = "server", rpc.system = "grpc", rpc.service = crate::telemetry::DRIVER_SERVICE, rpc.method = "WaitTask", nomad.task.id))]
     async fn wait_task(
         &self,
         request: Request<pb::WaitTaskRequest>,
@@ -300,7 +304,7 @@ impl driver_server::Driver for DriverService {
     }
 
     /// Stop (or, with DETACH, let go of) the task; unknown tasks succeed.
-    #[tracing::instrument(skip_all, fields(rpc.method = "StopTask"))]
+    #[tracing::instrument(skip_all, fields(otel.name = "hashicorp.nomad.plugins.drivers.proto.Driver/StopTask", otel.kind = "server", rpc.system = "grpc", rpc.service = crate::telemetry::DRIVER_SERVICE, rpc.method = "StopTask"))]
     async fn stop_task(
         &self,
         request: Request<pb::StopTaskRequest>,
@@ -318,7 +322,7 @@ impl driver_server::Driver for DriverService {
     }
 
     /// Remove the task (stopping it first with force); unknown tasks succeed.
-    #[tracing::instrument(skip_all, fields(rpc.method = "DestroyTask"))]
+    #[tracing::instrument(skip_all, fields(otel.name = "hashicorp.nomad.plugins.drivers.proto.Driver/DestroyTask", otel.kind = "server", rpc.system = "grpc", rpc.service = crate::telemetry::DRIVER_SERVICE, rpc.method = "DestroyTask"))]
     async fn destroy_task(
         &self,
         request: Request<pb::DestroyTaskRequest>,
@@ -332,7 +336,7 @@ impl driver_server::Driver for DriverService {
     }
 
     /// Full status; never leaves a required field unset.
-    #[tracing::instrument(skip_all, fields(rpc.method = "InspectTask"))]
+    #[tracing::instrument(skip_all, fields(otel.name = "hashicorp.nomad.plugins.drivers.proto.Driver/InspectTask", otel.kind = "server", rpc.system = "grpc", rpc.service = crate::telemetry::DRIVER_SERVICE, rpc.method = "InspectTask"))]
     async fn inspect_task(
         &self,
         request: Request<pb::InspectTaskRequest>,
@@ -349,6 +353,7 @@ impl driver_server::Driver for DriverService {
     /// A stream of samples at the requested interval, each with a timestamp
     /// and aggregate usage (zero: ECS usage is not collected yet); it ends
     /// when the task exits.
+    #[tracing::instrument(skip_all, fields(otel.name = "hashicorp.nomad.plugins.drivers.proto.Driver/TaskStats", otel.kind = "server", rpc.system = "grpc", rpc.service = crate::telemetry::DRIVER_SERVICE, rpc.method = "TaskStats"))]
     async fn task_stats(
         &self,
         request: Request<pb::TaskStatsRequest>,
@@ -397,6 +402,7 @@ impl driver_server::Driver for DriverService {
     }
 
     /// One long-lived stream for every task's events.
+    #[tracing::instrument(skip_all, fields(otel.name = "hashicorp.nomad.plugins.drivers.proto.Driver/TaskEvents", otel.kind = "server", rpc.system = "grpc", rpc.service = crate::telemetry::DRIVER_SERVICE, rpc.method = "TaskEvents"))]
     async fn task_events(
         &self,
         _: Request<pb::TaskEventsRequest>,
@@ -433,6 +439,7 @@ impl driver_server::Driver for DriverService {
         )))
     }
 
+    #[tracing::instrument(skip_all, fields(otel.name = "hashicorp.nomad.plugins.drivers.proto.Driver/Shutdown", otel.kind = "server", rpc.system = "grpc", rpc.service = crate::telemetry::DRIVER_SERVICE, rpc.method = "Shutdown"))]
     async fn shutdown(
         &self,
         _: Request<pb::ShutdownRequest>,
@@ -441,6 +448,7 @@ impl driver_server::Driver for DriverService {
     }
 
     /// ECS tasks cannot be signalled through Nomad.
+    #[tracing::instrument(skip_all, fields(otel.name = "hashicorp.nomad.plugins.drivers.proto.Driver/SignalTask", otel.kind = "server", rpc.system = "grpc", rpc.service = crate::telemetry::DRIVER_SERVICE, rpc.method = "SignalTask"))]
     async fn signal_task(
         &self,
         request: Request<pb::SignalTaskRequest>,
@@ -461,6 +469,7 @@ impl driver_server::Driver for DriverService {
     }
 
     /// Commands cannot run inside ECS tasks through Nomad (no ECS Exec yet).
+    #[tracing::instrument(skip_all, fields(otel.name = "hashicorp.nomad.plugins.drivers.proto.Driver/ExecTask", otel.kind = "server", rpc.system = "grpc", rpc.service = crate::telemetry::DRIVER_SERVICE, rpc.method = "ExecTask"))]
     async fn exec_task(
         &self,
         request: Request<pb::ExecTaskRequest>,
@@ -475,6 +484,7 @@ impl driver_server::Driver for DriverService {
         ))
     }
 
+    #[tracing::instrument(skip_all, fields(otel.name = "hashicorp.nomad.plugins.drivers.proto.Driver/ExecTaskStreaming", otel.kind = "server", rpc.system = "grpc", rpc.service = crate::telemetry::DRIVER_SERVICE, rpc.method = "ExecTaskStreaming"))]
     async fn exec_task_streaming(
         &self,
         _: Request<Streaming<pb::ExecTaskStreamingRequest>>,
@@ -485,6 +495,7 @@ impl driver_server::Driver for DriverService {
         ))
     }
 
+    #[tracing::instrument(skip_all, fields(otel.name = "hashicorp.nomad.plugins.drivers.proto.Driver/CreateNetwork", otel.kind = "server", rpc.system = "grpc", rpc.service = crate::telemetry::DRIVER_SERVICE, rpc.method = "CreateNetwork"))]
     async fn create_network(
         &self,
         _: Request<pb::CreateNetworkRequest>,
@@ -492,6 +503,7 @@ impl driver_server::Driver for DriverService {
         not_implemented("CreateNetwork")
     }
 
+    #[tracing::instrument(skip_all, fields(otel.name = "hashicorp.nomad.plugins.drivers.proto.Driver/DestroyNetwork", otel.kind = "server", rpc.system = "grpc", rpc.service = crate::telemetry::DRIVER_SERVICE, rpc.method = "DestroyNetwork"))]
     async fn destroy_network(
         &self,
         _: Request<pb::DestroyNetworkRequest>,

@@ -180,8 +180,19 @@ impl Driver {
                 stop_requested_ms: None,
                 last_error: None,
             };
-            // Intent first: durable before RunTask is ever sent.
-            hub.put(&rec).map_err(store_err)?;
+            // Takeover on Nomad 1.10+: the allocation this one replaces was
+            // lost or drained and its ECS task may still run; adopt it.
+            let mut rec = rec;
+            if let Some((arn, prev)) = self.adoptable(&rt, &conf, &rec).await? {
+                rec.arn = Some(arn.clone());
+                rec.run_requested_ms = Some(now);
+                rec.started_ms = Some(now);
+                hub.put(&rec).map_err(store_err)?;
+                hub.emit(&rec, format!("adopted ECS task {arn} from allocation {prev}"));
+            } else {
+                // Intent first: durable before RunTask is ever sent.
+                hub.put(&rec).map_err(store_err)?;
+            }
         }
         let mut rx = hub.watch(&req.task_id).map_err(store_err)?;
         rt.reconciler.trigger(&req.task_id);
@@ -282,6 +293,34 @@ impl Driver {
         if rec.exit.is_some() {
             return Ok(());
         }
+        if signal != DETACH && rec.arn.is_some() {
+            let nomad = self.configured().and_then(|c| c.nomad.clone());
+            if let Some(api) = nomad {
+                match api.allocation(&rec.alloc_id).await {
+                    Ok(Some(a)) if a.is_migrating() || a.is_lost() => {
+                        let why = if a.is_lost() { "its node was lost" } else { "a drain migrates it" };
+                        rec.desired = Desired::HandedOff { since_ms: now_ms() };
+                        rec.exit = Some(ExitRecord { exit_code: 0, signal: 0, oom_killed: false, err: None, at_ms: now_ms() });
+                        hub.put(&rec).map_err(store_err)?;
+                        hub.emit(
+                            &rec,
+                            format!(
+                                "handed off: allocation {} stops because {why}; ECS task {} keeps running for its replacement",
+                                rec.alloc_id,
+                                rec.arn.as_deref().unwrap_or("")
+                            ),
+                        );
+                        rt.reconciler.trigger(task_id);
+                        return Ok(());
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Nomad API unavailable; stopping the ECS task instead of handing it off");
+                        hub.emit(&rec, format!("Nomad API unavailable ({e}); stopping the ECS task instead of handing it off"));
+                    }
+                }
+            }
+        }
         if signal == DETACH {
             rec.desired = Desired::Detached;
             rec.exit = Some(ExitRecord {
@@ -355,6 +394,12 @@ impl Driver {
             || (rec.arn.is_none() && rec.run_requested_ms.is_none());
         if finished {
             hub.forget(task_id).map_err(store_err)?;
+            return Ok(());
+        }
+        if matches!(rec.desired, Desired::HandedOff { .. }) {
+            // Nomad is done with the allocation; the ECS task now belongs to
+            // the hand-off, which the reconciler sees through (adoption,
+            // job stop, or the grace period).
             return Ok(());
         }
         if !force && rec.exit.is_none() {
@@ -463,6 +508,67 @@ impl Driver {
         }
         rt.reconciler.trigger(task_id);
         Ok(())
+    }
+
+    /// The running ECS task of the allocation `rec` replaces, when that
+    /// allocation was lost or drained (Nomad 1.10+ gives no handle). Its
+    /// owner tag is moved to `rec`'s allocation. Destructive updates (the
+    /// previous allocation simply stopped) start fresh.
+    ///
+    /// # Errors
+    /// A recoverable start failure when the task was found but its
+    /// ownership could not be moved (starting a second task would duplicate).
+    async fn adoptable(
+        &self,
+        rt: &Runtime,
+        conf: &super::Configured,
+        rec: &TaskRecord,
+    ) -> Result<Option<(String, String)>, DriverError> {
+        let Some(api) = conf.nomad.as_ref() else { return Ok(None) };
+        let alloc = match api.allocation(&rec.alloc_id).await {
+            Ok(Some(a)) => a,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                tracing::warn!(error = %e, "Nomad API unavailable; starting a new ECS task without checking for one to adopt");
+                rt.reconciler.hub().emit(rec, format!("Nomad API unavailable ({e}); not checking for an ECS task to adopt"));
+                return Ok(None);
+            }
+        };
+        if alloc.previous_allocation.is_empty() {
+            return Ok(None);
+        }
+        let prev = match api.allocation(&alloc.previous_allocation).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                tracing::warn!(error = %e, "Nomad API unavailable; not adopting");
+                return Ok(None);
+            }
+        };
+        if !(prev.is_lost() || prev.is_migrating()) {
+            return Ok(None);
+        }
+        let ecs = rt.reconciler.ecs().await;
+        let candidates = match ecs.list_started_by(&rec.cluster, &rec.slot.started_by()).await {
+            Ok(arns) if !arns.is_empty() => match ecs.describe_tasks(&rec.cluster, &arns).await {
+                Ok((tasks, _)) => tasks,
+                Err(e) => return Err(DriverError::StartFailed { message: format!("looking for the ECS task to adopt: {e}"), recoverable: true }),
+            },
+            Ok(_) => Vec::new(),
+            Err(e) => return Err(DriverError::StartFailed { message: format!("looking for the ECS task to adopt: {e}"), recoverable: true }),
+        };
+        let Some(task) = candidates.into_iter().find(|t| {
+            !t.is_stopped()
+                && t.tags.get(reconcile::TAG_DRIVER).map(String::as_str) == Some(reconcile::DRIVER_ID)
+                && t.tags.get(reconcile::TAG_ALLOC_ID) == Some(&prev.id)
+        }) else {
+            return Ok(None);
+        };
+        ecs.tag_task(&task.arn, &reconcile::ownership_tags(rec, &rec.alloc_id))
+            .await
+            .map_err(|e| DriverError::StartFailed { message: format!("adopting {}: {e}", task.arn), recoverable: true })?;
+        tracing::info!(aws.ecs.task.arn = %task.arn, from = %prev.id, to = %rec.alloc_id, "adopted the ECS task of a lost or drained allocation");
+        Ok(Some((task.arn, prev.id)))
     }
 
     /// Subscribe to every task's events.

@@ -87,6 +87,20 @@ pub enum Step {
         /// The task.
         arn: String,
     },
+    /// The ECS task belongs to another allocation (or lacks our tags): stop
+    /// tracking it without stopping it.
+    LetGo {
+        /// The record.
+        task_id: String,
+        /// The owner the tags name, if any.
+        owner: Option<String>,
+    },
+    /// A handed-off task nobody adopted yet: ask Nomad whether a
+    /// replacement is still coming, and stop the task if not.
+    CheckHandOff {
+        /// The record.
+        task_id: String,
+    },
     /// Delete the record: nothing is left to do for it.
     Forget {
         /// The record.
@@ -171,18 +185,32 @@ fn plan_one(
                         exit: exit::exit_from(rec, task, now_ms),
                     });
                 }
-                if rec.desired == Desired::Destroyed {
+                if matches!(rec.desired, Desired::Destroyed | Desired::HandedOff { .. }) {
                     steps.push(Step::Forget { task_id: id() });
                 }
-            } else if matches!(rec.desired, Desired::Stopping { .. } | Desired::Destroyed) {
-                let due = rec
-                    .stop_requested_ms
-                    .is_none_or(|t| now_ms.saturating_sub(t) >= policy.stop_retry_ms);
-                if due {
-                    steps.push(Step::Stop {
-                        task_id: id(),
-                        arn: arn.to_string(),
-                    });
+            } else {
+                // Ownership: only a task that carries our tags and names this
+                // allocation as its owner is ever stopped.
+                let owner = task.tags.get(super::TAG_ALLOC_ID);
+                let ours = task.tags.get(super::TAG_DRIVER).map(String::as_str) == Some(super::DRIVER_ID)
+                    && owner.is_some_and(|a| a == &rec.alloc_id);
+                match rec.desired {
+                    Desired::Stopping { .. } | Desired::Destroyed if !ours => {
+                        steps.push(Step::LetGo { task_id: id(), owner: owner.cloned() });
+                    }
+                    Desired::Stopping { .. } | Desired::Destroyed => {
+                        let due = rec
+                            .stop_requested_ms
+                            .is_none_or(|t| now_ms.saturating_sub(t) >= policy.stop_retry_ms);
+                        if due {
+                            steps.push(Step::Stop { task_id: id(), arn: arn.to_string() });
+                        }
+                    }
+                    Desired::HandedOff { .. } if !ours && owner.is_some() => {
+                        steps.push(Step::LetGo { task_id: id(), owner: owner.cloned() });
+                    }
+                    Desired::HandedOff { .. } => steps.push(Step::CheckHandOff { task_id: id() }),
+                    Desired::Running | Desired::Detached => {}
                 }
             }
         }
@@ -221,7 +249,7 @@ fn plan_one(
                                 exit: exit::lost(rec, arn, missing_for, now_ms),
                             });
                         }
-                        if rec.desired == Desired::Destroyed {
+                        if matches!(rec.desired, Desired::Destroyed | Desired::HandedOff { .. }) {
                             steps.push(Step::Forget { task_id: id() });
                         }
                     }
@@ -336,6 +364,12 @@ mod tests {
             },
             stop_code: stop_code.map(Into::into),
             stopped_reason: stop_code.map(|_| "Essential container in task exited".into()),
+            tags: [
+                (crate::reconcile::TAG_DRIVER.to_string(), crate::reconcile::DRIVER_ID.to_string()),
+                (crate::reconcile::TAG_ALLOC_ID.to_string(), "a1".to_string()),
+            ]
+            .into_iter()
+            .collect(),
             containers: vec![ContainerState {
                 name: "app".into(),
                 last_status: Some(last.into()),
@@ -344,6 +378,11 @@ mod tests {
             }],
             ..EcsTask::default()
         }
+    }
+
+    fn foreign(mut t: EcsTask) -> EcsTask {
+        t.tags.insert(crate::reconcile::TAG_ALLOC_ID.to_string(), "a2".to_string());
+        t
     }
 
     fn seen(t: EcsTask) -> HashMap<String, Observed> {
@@ -360,6 +399,8 @@ mod tests {
                 Step::Exit { .. } => "exit",
                 Step::Stop { .. } => "stop",
                 Step::Forget { .. } => "forget",
+                Step::LetGo { .. } => "let_go",
+                Step::CheckHandOff { .. } => "check_handoff",
             })
             .collect()
     }
@@ -505,6 +546,36 @@ mod tests {
                 },
                 seen(task("RUNNING", None, None)),
                 vec![],
+            ),
+            (
+                "a task another allocation owns is let go, never stopped",
+                TaskRecord { desired: Desired::Stopping { deadline_ms: NOW }, ..observed_running(running()) },
+                seen(foreign(task("RUNNING", None, None))),
+                vec!["observe", "let_go"],
+            ),
+            (
+                "a task without our tags is never stopped",
+                TaskRecord { desired: Desired::Destroyed, ..observed_running(running()) },
+                seen(EcsTask { tags: Default::default(), ..task("RUNNING", None, None) }),
+                vec!["observe", "let_go"],
+            ),
+            (
+                "a handed-off task still ours is checked with Nomad",
+                TaskRecord { desired: Desired::HandedOff { since_ms: NOW - 1 }, ..observed_running(running()) },
+                seen(task("RUNNING", None, None)),
+                vec!["check_handoff"],
+            ),
+            (
+                "a handed-off task a replacement adopted is let go",
+                TaskRecord { desired: Desired::HandedOff { since_ms: NOW - 1 }, ..observed_running(running()) },
+                seen(foreign(task("RUNNING", None, None))),
+                vec!["observe", "let_go"],
+            ),
+            (
+                "a running task adopted elsewhere keeps being watched",
+                observed_running(running()),
+                seen(foreign(task("RUNNING", None, None))),
+                vec!["observe"],
             ),
             (
                 "the first MISSING starts the grace period",

@@ -85,7 +85,9 @@ impl SledStore {
         self.db.flush().map_err(failed)?;
         self.log
             .sync_data()
-            .map_err(|e| failed(::sled::Error::Io(e)))
+            .map_err(|e| failed(::sled::Error::Io(e)))?;
+        crate::telemetry::store_size(|| self.db.size_on_disk().ok());
+        Ok(())
     }
 
     fn scan_failed(source: ::sled::Error) -> StoreError {
@@ -98,6 +100,7 @@ impl SledStore {
 
 impl Store for SledStore {
     fn put(&self, rec: &TaskRecord) -> Result<(), StoreError> {
+        let _write = crate::telemetry::store_write(crate::telemetry::StoreOp::Put);
         let bytes = record::encode(rec)?;
         let key = rec.key();
         self.db
@@ -122,6 +125,7 @@ impl Store for SledStore {
     }
 
     fn delete(&self, task_id: &str) -> Result<(), StoreError> {
+        let _write = crate::telemetry::store_write(crate::telemetry::StoreOp::Delete);
         let key = task_key(task_id);
         self.db
             .remove(key.as_bytes())
