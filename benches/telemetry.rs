@@ -60,7 +60,8 @@ async fn run(mode: &Mode, emu: &RunningEmulator, cycles: usize) -> (Vec<Duration
     let launch = launch_options()
         .env("OTEL_BSP_SCHEDULE_DELAY", "100")
         .env("OTEL_METRIC_EXPORT_INTERVAL", "250");
-    let host = NomadClientHost::new(launch, plugin_config(&cfg)).rpc_timeout(Duration::from_secs(60));
+    let host =
+        NomadClientHost::new(launch, plugin_config(&cfg)).rpc_timeout(Duration::from_secs(60));
     let loaded = host.load().await.expect("load sequence");
     let driver = loaded.instance.driver();
     let seed = emu.seed();
@@ -151,7 +152,9 @@ async fn main() {
         rows.push((mode.label(), summary(starts), summary(stops)));
     }
     println!();
-    println!("telemetry cost per task operation ({cycles} start/stop cycles per mode, moto behind the proxy)");
+    println!(
+        "telemetry cost per task operation ({cycles} start/stop cycles per mode, moto behind the proxy)"
+    );
     println!(
         "{:<22} {:>12} {:>12} {:>12}   {:>12} {:>12} {:>12}",
         "mode", "start p50", "start p90", "start mean", "stop p50", "stop p90", "stop mean"

@@ -40,8 +40,7 @@ use crate::config::Settings;
 
 pub use aws::EcsAttempts;
 pub use metrics::{
-    StoreOp, StoreWrite, record_pass, record_start_latency, record_stop_latency,
-    record_task_states,
+    StoreOp, StoreWrite, record_pass, record_start_latency, record_stop_latency, record_task_states,
 };
 
 /// `service.name` when neither the config nor `OTEL_SERVICE_NAME` sets one.
@@ -87,7 +86,11 @@ pub struct Plan {
 /// `OTEL_RESOURCE_ATTRIBUTES` ranks below both; the other resource
 /// attributes there are kept.
 pub fn plan(settings: &Settings, env: &dyn Fn(&str) -> Option<String>) -> Option<Plan> {
-    let var = |k: &str| env(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    let var = |k: &str| {
+        env(k)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
     let disabled = var("OTEL_SDK_DISABLED").map(|v| v.to_ascii_lowercase());
     if disabled.as_deref() == Some("true") {
         return None;
@@ -152,8 +155,15 @@ pub fn configure(settings: &Settings) {
     if let Some(running) = PIPELINES.get() {
         if running.plan != plan {
             tracing::warn!(
-                running = running.plan.endpoint.as_deref().unwrap_or("(from OTEL_* variables)"),
-                requested = plan.endpoint.as_deref().unwrap_or("(from OTEL_* variables)"),
+                running = running
+                    .plan
+                    .endpoint
+                    .as_deref()
+                    .unwrap_or("(from OTEL_* variables)"),
+                requested = plan
+                    .endpoint
+                    .as_deref()
+                    .unwrap_or("(from OTEL_* variables)"),
                 "telemetry settings changed; restart the plugin to apply them"
             );
         }
@@ -224,6 +234,12 @@ fn start(plan: &Plan) -> Result<Pipelines, opentelemetry_otlp::ExporterBuildErro
 pub async fn shutdown(timeout: Duration) {
     let Some(p) = PIPELINES.get() else {
         return;
+    };
+    // A collector that refused the last export will refuse this one too.
+    let timeout = if export::failing() {
+        timeout.min(Duration::from_millis(100))
+    } else {
+        timeout
     };
     let tracer = p.tracer.clone();
     let meter = p.meter.clone();
@@ -312,7 +328,8 @@ pub fn current_ids() -> Option<(String, String)> {
     let cx = Context::current();
     let span = cx.span();
     let sc = span.span_context();
-    (sc.is_valid() && sc.is_sampled()).then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
+    (sc.is_valid() && sc.is_sampled())
+        .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
 }
 
 /// The ECS SDK interceptor that counts every attempt on the wire (retries
@@ -328,7 +345,10 @@ pub fn record_ecs_call(operation: &'static str, waited: Duration) {
 
 /// Count a failed ECS call (after the SDK's retries), mark the current span
 /// (the ECS call's) as failed, and hand the error back.
-pub fn record_ecs_error(operation: &'static str, err: crate::ecs::EcsError) -> crate::ecs::EcsError {
+pub fn record_ecs_error(
+    operation: &'static str,
+    err: crate::ecs::EcsError,
+) -> crate::ecs::EcsError {
     let kind = aws::error_type(&err);
     metrics::ecs_error(operation, kind.clone());
     if active() {
@@ -368,7 +388,11 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
             .collect();
-        move |k| vars.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone())
+        move |k| {
+            vars.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        }
     }
 
     #[test]
@@ -379,7 +403,11 @@ mod tests {
             None,
             "a service name alone does not turn telemetry on"
         );
-        let p = plan(&settings(None, None), &env(&[("OTEL_SDK_DISABLED", "FALSE")])).unwrap();
+        let p = plan(
+            &settings(None, None),
+            &env(&[("OTEL_SDK_DISABLED", "FALSE")]),
+        )
+        .unwrap();
         assert_eq!(p.endpoint, None, "the OTLP default endpoint applies");
         for var in [
             "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -390,7 +418,10 @@ mod tests {
             assert_eq!(p.endpoint, None, "{var}: the exporters read it themselves");
         }
         assert_eq!(
-            plan(&settings(None, None), &env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", " ")])),
+            plan(
+                &settings(None, None),
+                &env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", " ")])
+            ),
             None,
             "empty counts as unset"
         );
@@ -399,7 +430,11 @@ mod tests {
     #[test]
     fn the_configured_endpoint_wins_and_otel_sdk_disabled_wins_over_everything() {
         let on = settings(Some("http://collector:4317"), None);
-        let p = plan(&on, &env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://other:4317")])).unwrap();
+        let p = plan(
+            &on,
+            &env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://other:4317")]),
+        )
+        .unwrap();
         assert_eq!(p.endpoint.as_deref(), Some("http://collector:4317"));
         assert_eq!(plan(&on, &env(&[("OTEL_SDK_DISABLED", "true")])), None);
     }
@@ -407,10 +442,17 @@ mod tests {
     #[test]
     fn the_service_name_comes_from_the_config_then_otel_service_name_then_the_default() {
         let e = env(&[("OTEL_SERVICE_NAME", "from-env")]);
-        let name = |s: Settings, e: &dyn Fn(&str) -> Option<String>| plan(&s, e).unwrap().service_name;
-        assert_eq!(name(settings(Some("http://c:1"), Some("from-config")), &e), "from-config");
+        let name =
+            |s: Settings, e: &dyn Fn(&str) -> Option<String>| plan(&s, e).unwrap().service_name;
+        assert_eq!(
+            name(settings(Some("http://c:1"), Some("from-config")), &e),
+            "from-config"
+        );
         assert_eq!(name(settings(Some("http://c:1"), None), &e), "from-env");
-        assert_eq!(name(settings(Some("http://c:1"), Some(" ")), &env(&[])), DEFAULT_SERVICE_NAME);
+        assert_eq!(
+            name(settings(Some("http://c:1"), Some(" ")), &env(&[])),
+            DEFAULT_SERVICE_NAME
+        );
     }
 
     #[test]

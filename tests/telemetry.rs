@@ -2,9 +2,9 @@
 //! moto behind the fidelity and fault proxy, and OTLP pointed at an
 //! in-process receiver (or at a closed port).
 
-mod support;
 #[path = "support/otlp.rs"]
 mod otlp;
+mod support;
 
 use std::time::Duration;
 
@@ -48,7 +48,8 @@ async fn stack(endpoint: Option<&str>, env: &[(&str, &str)]) -> Stack {
     for (k, v) in env {
         launch = launch.env(*k, *v);
     }
-    let nomad = NomadClientHost::new(launch, plugin_config(&cfg)).rpc_timeout(Duration::from_secs(20));
+    let nomad =
+        NomadClientHost::new(launch, plugin_config(&cfg)).rpc_timeout(Duration::from_secs(20));
     let loaded = nomad.load().await.expect("load sequence");
     Stack {
         emu,
@@ -128,7 +129,11 @@ impl Stack {
     }
 }
 
-fn find<'a>(spans: &'a [ReceivedSpan], what: &str, pred: impl Fn(&ReceivedSpan) -> bool) -> &'a ReceivedSpan {
+fn find<'a>(
+    spans: &'a [ReceivedSpan],
+    what: &str,
+    pred: impl Fn(&ReceivedSpan) -> bool,
+) -> &'a ReceivedSpan {
     spans.iter().find(|s| pred(s)).unwrap_or_else(|| {
         let names: Vec<&str> = spans.iter().map(|s| s.span.name.as_str()).collect();
         panic!("no {what} among {} spans: {names:?}", spans.len())
@@ -175,7 +180,9 @@ async fn a_start_and_a_stop_arrive_as_spans_with_semantic_attributes_and_metrics
     let (stderr, proxy) = st.shut_down().await;
     let spans = otlp.spans();
 
-    let rpc = find(&spans, "StartTask RPC span", |s| s.span.name == format!("{DRIVER}/StartTask"));
+    let rpc = find(&spans, "StartTask RPC span", |s| {
+        s.span.name == format!("{DRIVER}/StartTask")
+    });
     assert_eq!(rpc.span.kind, SERVER);
     assert_eq!(rpc.attr("rpc.system").as_deref(), Some("grpc"));
     assert_eq!(rpc.attr("rpc.service").as_deref(), Some(DRIVER));
@@ -185,13 +192,22 @@ async fn a_start_and_a_stop_arrive_as_spans_with_semantic_attributes_and_metrics
         rpc.resource.get("service.version").map(String::as_str),
         Some(env!("CARGO_PKG_VERSION"))
     );
-    assert!(rpc.parent_id().is_empty(), "the RPC is the root of its trace");
+    assert!(
+        rpc.parent_id().is_empty(),
+        "the RPC is the root of its trace"
+    );
 
     let start = find(&spans, "lifecycle span of the task", |s| {
         s.attr("nomad.task.id").as_deref() == Some(id.as_str()) && s.parent_id() == rpc.span_id()
     });
-    assert_eq!(start.attr("nomad.alloc.id").as_deref(), Some(spec.alloc_id.as_str()));
-    assert_eq!(start.attr("aws.ecs.task.arn").as_deref(), Some(arn.as_str()));
+    assert_eq!(
+        start.attr("nomad.alloc.id").as_deref(),
+        Some(spec.alloc_id.as_str())
+    );
+    assert_eq!(
+        start.attr("aws.ecs.task.arn").as_deref(),
+        Some(arn.as_str())
+    );
     let intent = find(&spans, "store write of the intent", |s| {
         s.span.name == "store.put" && s.parent_id() == start.span_id()
     });
@@ -211,8 +227,12 @@ async fn a_start_and_a_stop_arrive_as_spans_with_semantic_attributes_and_metrics
     }
     let stop = find(&spans, "StopTask span", |s| s.span.name == "ECS.StopTask");
     assert_eq!(stop.attr("aws.ecs.task.arn").as_deref(), Some(arn.as_str()));
-    find(&spans, "StopTask RPC span", |s| s.span.name == format!("{DRIVER}/StopTask"));
-    find(&spans, "reconcile pass span", |s| s.attr("reconcile.full").is_some());
+    find(&spans, "StopTask RPC span", |s| {
+        s.span.name == format!("{DRIVER}/StopTask")
+    });
+    find(&spans, "reconcile pass span", |s| {
+        s.attr("reconcile.full").is_some()
+    });
 
     // Every attempt the proxy saw, by operation (the periodic reads may
     // race the exit, so those are bounded, not exact).
@@ -227,7 +247,11 @@ async fn a_start_and_a_stop_arrive_as_spans_with_semantic_attributes_and_metrics
             })
             .sum::<f64>() as u64
     };
-    assert_eq!(attempts("RunTask"), proxy.calls("RunTask"), "1 throttled + 1");
+    assert_eq!(
+        attempts("RunTask"),
+        proxy.calls("RunTask"),
+        "1 throttled + 1"
+    );
     assert_eq!(attempts("RunTask"), 2);
     assert_eq!(attempts("StopTask"), proxy.calls("StopTask"));
     for op in ["DescribeTasks", "DescribeClusters"] {
@@ -238,10 +262,19 @@ async fn a_start_and_a_stop_arrive_as_spans_with_semantic_attributes_and_metrics
             proxy.calls(op)
         );
     }
-    assert_eq!(otlp.latest("nomad_ecs.aws.calls", "rpc.method=RunTask"), Some(1.0));
-    assert_eq!(otlp.latest("nomad_ecs.aws.throttles", "rpc.method=RunTask"), Some(1.0));
     assert_eq!(
-        otlp.latest("nomad_ecs.aws.attempts", "http.response.status_code=400,rpc.method=RunTask"),
+        otlp.latest("nomad_ecs.aws.calls", "rpc.method=RunTask"),
+        Some(1.0)
+    );
+    assert_eq!(
+        otlp.latest("nomad_ecs.aws.throttles", "rpc.method=RunTask"),
+        Some(1.0)
+    );
+    assert_eq!(
+        otlp.latest(
+            "nomad_ecs.aws.attempts",
+            "http.response.status_code=400,rpc.method=RunTask"
+        ),
         Some(1.0)
     );
     assert_eq!(
@@ -249,13 +282,19 @@ async fn a_start_and_a_stop_arrive_as_spans_with_semantic_attributes_and_metrics
         Some(1.0),
         "one bucket wait per admitted call"
     );
-    assert_eq!(otlp.latest("nomad_ecs.aws.calls", "rpc.method=StopTask"), Some(1.0));
+    assert_eq!(
+        otlp.latest("nomad_ecs.aws.calls", "rpc.method=StopTask"),
+        Some(1.0)
+    );
     assert!(
         otlp.latest("nomad_ecs.store.write.duration", "db.operation.name=put")
             .is_some_and(|n| n >= 3.0),
         "intent, run request and ARN are three durable writes"
     );
-    assert!(otlp.latest("nomad_ecs.store.size", "").is_some_and(|n| n > 0.0));
+    assert!(
+        otlp.latest("nomad_ecs.store.size", "")
+            .is_some_and(|n| n > 0.0)
+    );
 
     // The log line of the ECS task's start carries the IDs of a span that
     // was exported.
@@ -263,7 +302,9 @@ async fn a_start_and_a_stop_arrive_as_spans_with_semantic_attributes_and_metrics
     let started = lines
         .iter()
         .find(|l| {
-            l["@message"].as_str().is_some_and(|m| m.contains(&arn) && m.contains("started"))
+            l["@message"]
+                .as_str()
+                .is_some_and(|m| m.contains(&arn) && m.contains("started"))
         })
         .expect("a log line for the ECS task's start");
     let (trace_id, span_id) = (
@@ -292,15 +333,33 @@ async fn a_start_task_trace_is_one_tree_from_the_rpc_through_the_store_write_to_
     st.stop(&id).await;
     let _ = st.shut_down().await;
     let spans = otlp.spans();
-    let rpc = find(&spans, "StartTask RPC span", |s| s.span.name == format!("{DRIVER}/StartTask"));
+    let rpc = find(&spans, "StartTask RPC span", |s| {
+        s.span.name == format!("{DRIVER}/StartTask")
+    });
     let run = find(&spans, "RunTask span", |s| s.span.name == "ECS.RunTask");
-    assert_eq!(run.trace_id(), rpc.trace_id(), "RunTask is in the StartTask trace");
-    assert!(descends_from(&spans, run, rpc), "RunTask descends from the StartTask RPC");
+    assert_eq!(
+        run.trace_id(),
+        rpc.trace_id(),
+        "RunTask is in the StartTask trace"
+    );
+    assert!(
+        descends_from(&spans, run, rpc),
+        "RunTask descends from the StartTask RPC"
+    );
     let step = parent_of(&spans, run).expect("RunTask's parent was exported");
-    assert_eq!(step.attr("nomad.task.id").as_deref(), Some(id.as_str()), "the step names the task");
-    let stop_rpc = find(&spans, "StopTask RPC span", |s| s.span.name == format!("{DRIVER}/StopTask"));
+    assert_eq!(
+        step.attr("nomad.task.id").as_deref(),
+        Some(id.as_str()),
+        "the step names the task"
+    );
+    let stop_rpc = find(&spans, "StopTask RPC span", |s| {
+        s.span.name == format!("{DRIVER}/StopTask")
+    });
     let stop = find(&spans, "StopTask span", |s| s.span.name == "ECS.StopTask");
-    assert!(descends_from(&spans, stop, stop_rpc), "StopTask descends from the StopTask RPC");
+    assert!(
+        descends_from(&spans, stop, stop_rpc),
+        "StopTask descends from the StopTask RPC"
+    );
     for name in [
         "nomad_ecs.reconcile.pass.duration",
         "nomad_ecs.reconcile.lag",
@@ -308,12 +367,16 @@ async fn a_start_task_trace_is_one_tree_from_the_rpc_through_the_store_write_to_
         "nomad_ecs.task.stop.duration",
     ] {
         assert!(
-            otlp.metric_points().iter().any(|(n, _, v)| n == name && *v >= 1.0),
+            otlp.metric_points()
+                .iter()
+                .any(|(n, _, v)| n == name && *v >= 1.0),
             "{name} recorded"
         );
     }
     assert!(
-        otlp.metric_points().iter().any(|(n, a, _)| n == "nomad_ecs.tasks" && a.contains("nomad.task.desired=")),
+        otlp.metric_points()
+            .iter()
+            .any(|(n, a, _)| n == "nomad_ecs.tasks" && a.contains("nomad.task.desired=")),
         "task states reported"
     );
 }
@@ -347,16 +410,23 @@ async fn a_collector_that_is_down_fails_no_task_operation_and_logs_one_warning_p
         (1..=2).contains(&warnings.len()),
         "one warning per signal, not one per export: {warnings:?}"
     );
-    assert!(warnings.iter().all(|w| w["@level"] == "warn" && w["endpoint"] == dead.as_str()));
+    assert!(
+        warnings
+            .iter()
+            .all(|w| w["@level"] == "warn" && w["endpoint"] == dead.as_str())
+    );
     let sdk_noise: Vec<&serde_json::Value> = lines
         .iter()
         .filter(|l| {
-            l["@module"]
-                .as_str()
-                .is_some_and(|m| m.contains("opentelemetry") || m.contains("tonic") || m.contains("h2"))
+            l["@module"].as_str().is_some_and(|m| {
+                m.contains("opentelemetry") || m.contains("tonic") || m.contains("h2")
+            })
         })
         .collect();
-    assert!(sdk_noise.is_empty(), "nothing from the SDK or its transport: {sdk_noise:?}");
+    assert!(
+        sdk_noise.is_empty(),
+        "nothing from the SDK or its transport: {sdk_noise:?}"
+    );
 }
 
 #[tokio::test]
@@ -368,7 +438,10 @@ async fn otel_variables_alone_turn_telemetry_on_and_the_sampler_and_resource_are
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
             ("OTEL_SERVICE_NAME", "ecs-driver-under-test"),
-            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=ci,service.name=ignored"),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "deployment.environment.name=ci,service.name=ignored",
+            ),
             ("OTEL_TRACES_SAMPLER", "always_off"),
         ],
     )
@@ -382,13 +455,24 @@ async fn otel_variables_alone_turn_telemetry_on_and_the_sampler_and_resource_are
     let resources = otlp.metric_resources();
     assert!(!resources.is_empty(), "metrics arrived");
     for r in &resources {
-        assert_eq!(r.get("service.name").map(String::as_str), Some("ecs-driver-under-test"));
-        assert_eq!(r.get("deployment.environment.name").map(String::as_str), Some("ci"));
+        assert_eq!(
+            r.get("service.name").map(String::as_str),
+            Some("ecs-driver-under-test")
+        );
+        assert_eq!(
+            r.get("deployment.environment.name").map(String::as_str),
+            Some("ci")
+        );
     }
-    assert_eq!(otlp.latest("nomad_ecs.aws.calls", "rpc.method=RunTask"), Some(1.0));
+    assert_eq!(
+        otlp.latest("nomad_ecs.aws.calls", "rpc.method=RunTask"),
+        Some(1.0)
+    );
     let lines = log_lines(&stderr);
     assert!(
-        lines.iter().any(|l| l["@message"].as_str().is_some_and(|m| m.starts_with("telemetry on"))),
+        lines.iter().any(|l| l["@message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("telemetry on"))),
         "the start is logged"
     );
     assert!(

@@ -3,15 +3,17 @@
 //! ```text
 //! nomad-ecs-dev run JOB_FILE [--exit-code N] [--run-for DURATION] [--plugin PATH]
 //!                            [--timeout DURATION] [--verbose]
+//! nomad-ecs-dev drain JOB_FILE [--node-loss] [--run-for DURATION] [--plugin PATH]
+//!                              [--timeout DURATION] [--verbose]
 //! ```
 //!
-//! It starts the ECS emulator (moto, on loopback) with the fidelity proxy in front of it, loads
-//! the real plugin binary under the emulated Nomad client (the agent's load sequence), and then
-//! does what a Nomad client does with the job: for each allocation (`count` per group) it starts
-//! each `driver = "ecs"` task with a `TaskConfig` whose `msgpack_driver_config` is the task's
-//! `config {}` block encoded as Nomad encodes it, prints the TaskEvents stream as it arrives,
-//! lets the task run for `--run-for`, ends it, waits for its exit result and destroys it. Then it
-//! shuts the plugin down gracefully and stops the proxy and the emulator.
+//! `run` starts the ECS emulator (moto, on loopback) with the fidelity proxy in front of it,
+//! loads the real plugin binary under the emulated Nomad client (the agent's load sequence), and
+//! then does what a Nomad client does with the job: for each allocation (`count` per group) it
+//! starts each `driver = "ecs"` task with a `TaskConfig` whose `msgpack_driver_config` is the
+//! task's `config {}` block encoded as Nomad encodes it, prints the TaskEvents stream as it
+//! arrives, lets the task run for `--run-for`, ends it, waits for its exit result and destroys
+//! it. Then it shuts the plugin down gracefully and stops the proxy and the emulator.
 //!
 //! How a task ends: in a batch (or sysbatch) job, or when `--exit-code` is given, the essential
 //! container exits with `--exit-code` (default 0) through the proxy, as if the program had
@@ -19,10 +21,27 @@
 //! `nomad job stop`. The tool exits 0 when every task ended as asked (the exit code asked for,
 //! or a clean stop), 1 otherwise or on any failure, and 2 for bad arguments.
 //!
+//! `drain` shows the takeover of current Nomad (1.10 and later, where the driver asks the Nomad
+//! HTTP API; design.md, "Takeover") on a job with one `ecs` task in one allocation. Besides the
+//! emulator and the proxy it starts the emulated Nomad HTTP API and two emulated client nodes,
+//! `node-a` and `node-b`: two plugin processes, each loaded by its own emulated Nomad client with
+//! its own state directory and `nomad_address` pointing at that API. The task starts on node-a;
+//! then node-a is drained: the API marks the allocation as migrating to a replacement on node-b,
+//! node-a's client stops it (StopTask with the task's kill signal), and the driver hands the ECS
+//! task off (a clean exit; the ECS task keeps running); node-b's client starts the replacement
+//! and the driver adopts the same ECS task (no RunTask). With `--node-loss`, node-a's plugin is
+//! SIGKILLed instead and the API marks the allocation lost; node-b adopts the task the same way;
+//! then node-a comes back (a new plugin on its state directory, RecoverTask, then StopTask for
+//! the lost allocation) and lets go of the task without stopping it. Either way the job is then
+//! stopped (`nomad job stop`: StopTask on node-b) and must exit cleanly. The tool checks what it
+//! prints: it fails if the ARN changed, RunTask ran more than once, or the ECS task was stopped
+//! before the job stop.
+//!
 //! Values in `config` the tool fills in from the seeded emulator: `"task-definition-from-emulator"`,
 //! `"subnet-from-emulator"` (all seeded subnets) and `"sg-from-emulator"` (the seeded security
 //! groups). Everything it starts lives in temporary directories and child processes that end with
-//! it, so it can run any number of times in a row; the whole run is bounded by `--timeout`.
+//! it, so it can run any number of times in a row; the whole run is bounded by `--timeout`. The
+//! plugin never sees the user's own `NOMAD_ADDR` or `NOMAD_TOKEN`: nothing leaves loopback.
 //!
 //! Progress goes to stdout, one line per step; errors and (with `--verbose`) the plugin's own
 //! log lines go to stderr.
@@ -42,6 +61,7 @@ use nomad_driver_ecs::devstack::host::{
     DriverInstance, LaunchOptions, NomadClientHost, Recording, StreamEnd, WaitError,
 };
 use nomad_driver_ecs::devstack::jobfile::{self, Group, Job, JobFileError, Task};
+use nomad_driver_ecs::devstack::nomad_api::{AllocState, NomadApiServer};
 use nomad_driver_ecs::driver::handle::DriverState;
 use nomad_driver_ecs::proto::drivers as pb;
 
@@ -72,20 +92,29 @@ const SECURITY_GROUP_PLACEHOLDER: &str = "sg-from-emulator";
 
 const USAGE: &str = "\
 usage: nomad-ecs-dev run JOB_FILE [options]
+       nomad-ecs-dev drain JOB_FILE [--node-loss] [options]
 
-Runs the job file's `driver = \"ecs\"` tasks with the real plugin under an emulated
-Nomad client, against a local ECS emulator (moto). Nothing leaves loopback.
+run     runs the job file's `driver = \"ecs\"` tasks with the real plugin under an
+        emulated Nomad client, against a local ECS emulator (moto).
+drain   a takeover on current Nomad (1.10+): the job's one ecs task starts on node-a,
+        node-a is drained, and the replacement allocation on node-b adopts the running
+        ECS task (same ARN, no second RunTask); then the job is stopped.
+Nothing leaves loopback.
 
 options:
-  --exit-code N        make the essential container exit with code N after --run-for
+  --exit-code N        (run) make the essential container exit with code N after --run-for
                        (the default for batch jobs, with N = 0)
-  --run-for DURATION   how long each task runs before it is ended (default 3s)
+  --node-loss          (drain) node-a's plugin is SIGKILLed and the node marked lost instead
+                       of drained; node-a then comes back and lets go of the ECS task
+  --run-for DURATION   how long each task runs before it is ended (run) or moved (drain)
+                       (default 3s)
   --plugin PATH        the plugin binary (default: nomad-driver-ecs next to this program)
   --timeout DURATION   bound on the whole run (default 120s)
   --verbose            copy the plugin's log lines to stderr
   -h, --help           this text
 
-Service jobs are stopped with StopTask after --run-for unless --exit-code is given.
+run: service jobs are stopped with StopTask after --run-for unless --exit-code is given.
+drain: the job needs exactly one ecs task in one allocation (count = 1).
 Exit status: 0 when every task ended as asked, 1 otherwise, 2 for bad arguments.";
 
 /// The command line.
@@ -97,12 +126,15 @@ struct Args {
     plugin: Option<PathBuf>,
     timeout: Duration,
     verbose: bool,
+    /// `drain --node-loss`.
+    node_loss: bool,
 }
 
 /// What the command line asks for.
 #[derive(Debug, PartialEq)]
 enum Command {
     Run(Args),
+    Drain(Args),
     Help,
 }
 
@@ -111,12 +143,17 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
         let text = text.ok_or_else(|| format!("{flag} needs a value, e.g. 3s"))?;
         nomad_driver_ecs::config::duration::parse(&text).map_err(|e| format!("{flag}: {e}"))
     };
-    match args.next().as_deref() {
-        Some("run") => {}
+    let drain = match args.next().as_deref() {
+        Some("run") => false,
+        Some("drain") => true,
         Some("-h" | "--help" | "help") => return Ok(Command::Help),
-        Some(other) => return Err(format!("unknown command {other:?}; the command is `run`")),
+        Some(other) => {
+            return Err(format!(
+                "unknown command {other:?}; the commands are `run` and `drain`"
+            ));
+        }
         None => return Err("no command given".to_owned()),
-    }
+    };
     let mut job_file = None;
     let mut parsed = Args {
         job_file: PathBuf::new(),
@@ -125,6 +162,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
         plugin: None,
         timeout: DEFAULT_TIMEOUT,
         verbose: false,
+        node_loss: false,
     };
     while let Some(arg) = args.next() {
         // Accept `--flag=value` as well as `--flag value`.
@@ -154,6 +192,10 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
                 parsed.plugin = Some(PathBuf::from(value().ok_or("--plugin needs a path")?));
             }
             "--verbose" | "-v" => parsed.verbose = true,
+            "--node-loss" if inline.is_some() => {
+                return Err("--node-loss takes no value".to_owned());
+            }
+            "--node-loss" => parsed.node_loss = true,
             "-h" | "--help" => return Ok(Command::Help),
             _ if flag.starts_with('-') => return Err(format!("unknown option {flag:?}")),
             _ if job_file.is_none() => job_file = Some(PathBuf::from(arg)),
@@ -163,15 +205,28 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
     if parsed.timeout.is_zero() {
         return Err("--timeout must be more than 0s".to_owned());
     }
+    if drain && parsed.exit_code.is_some() {
+        return Err(
+            "--exit-code is for `run`; `drain` ends the job with a job stop (StopTask)".to_owned(),
+        );
+    }
+    if !drain && parsed.node_loss {
+        return Err("--node-loss is for `drain`".to_owned());
+    }
     parsed.job_file = job_file.ok_or("no job file given")?;
-    Ok(Command::Run(parsed))
+    Ok(if drain {
+        Command::Drain(parsed)
+    } else {
+        Command::Run(parsed)
+    })
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args(std::env::args().skip(1)) {
-        Ok(Command::Run(args)) => args,
+    let (args, drain) = match parse_args(std::env::args().skip(1)) {
+        Ok(Command::Run(args)) => (args, false),
+        Ok(Command::Drain(args)) => (args, true),
         Ok(Command::Help) => {
-            println!("{USAGE}");
+            say(USAGE);
             return ExitCode::SUCCESS;
         }
         Err(message) => {
@@ -191,8 +246,15 @@ fn main() -> ExitCode {
     };
     let phase = Phase::default();
     let outcome = runtime.block_on(async {
+        let work = async {
+            if drain {
+                takeover(&args, &phase).await
+            } else {
+                run(&args, &phase).await
+            }
+        };
         tokio::select! {
-            result = tokio::time::timeout(args.timeout, run(&args, &phase)) => match result {
+            result = tokio::time::timeout(args.timeout, work) => match result {
                 Ok(result) => result,
                 Err(_) => Err(anyhow::anyhow!(
                     "gave up after {:?} while {}; everything it started has been stopped \
@@ -237,9 +299,10 @@ impl Phase {
     }
 }
 
-/// One progress line on stdout.
+/// One progress line on stdout. A closed stdout (`| head`) is not an error: the run goes on.
 fn say(line: impl AsRef<str>) {
-    println!("{}", line.as_ref());
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout().lock(), "{}", line.as_ref());
 }
 
 /// How each task is ended after `--run-for`.
@@ -252,12 +315,7 @@ enum Ending {
 }
 
 async fn run(args: &Args, phase: &Phase) -> anyhow::Result<()> {
-    phase.set("reading the job file");
-    let job = jobfile::load(&args.job_file).map_err(|error| match error {
-        // That message names the file already.
-        JobFileError::ReadFailed { .. } => anyhow::Error::new(error),
-        other => anyhow::Error::new(other).context(format!("job file {}", args.job_file.display())),
-    })?;
+    let job = load_job(phase, &args.job_file)?;
     let ending = match (args.exit_code, job.job_type.runs_to_completion()) {
         (Some(code), _) => Ending::Exit(code),
         (None, true) => Ending::Exit(0),
@@ -273,6 +331,28 @@ async fn run(args: &Args, phase: &Phase) -> anyhow::Result<()> {
         planned.len(),
         allocation_count(&planned),
     ));
+    say_notes(&job);
+
+    let (emu, seed) = start_emulator(phase).await?;
+    let result = with_emulator(args, phase, &job, &planned, ending, &plugin, &emu, &seed).await;
+    stop_emulator(phase, emu).await;
+    result?;
+    say(format!("==> done: job {:?} behaved as asked", job.id));
+    Ok(())
+}
+
+/// Reads and decodes the job file.
+fn load_job(phase: &Phase, path: &Path) -> anyhow::Result<Job> {
+    phase.set("reading the job file");
+    jobfile::load(path).map_err(|error| match error {
+        // That message names the file already.
+        JobFileError::ReadFailed { .. } => anyhow::Error::new(error),
+        other => anyhow::Error::new(other).context(format!("job file {}", path.display())),
+    })
+}
+
+/// The job file's notes, and the tasks the tool leaves out.
+fn say_notes(job: &Job) {
     for note in &job.notes {
         say(format!("    note: {note}"));
     }
@@ -287,7 +367,10 @@ async fn run(args: &Args, phase: &Phase) -> anyhow::Result<()> {
             task.name, group.name, task.driver
         ));
     }
+}
 
+/// Starts and seeds the ECS emulator.
+async fn start_emulator(phase: &Phase) -> anyhow::Result<(RunningEmulator, Seed)> {
     phase.set("starting the ECS emulator");
     say("==> starting the ECS emulator (moto) on loopback");
     let emu = emulator::start_default(CLUSTER)
@@ -302,16 +385,16 @@ async fn run(args: &Args, phase: &Phase) -> anyhow::Result<()> {
         seed.subnets.join(","),
         seed.security_groups.join(","),
     ));
-    let result = with_emulator(args, phase, &job, &planned, ending, &plugin, &emu, &seed).await;
+    Ok((emu, seed))
+}
+
+async fn stop_emulator(phase: &Phase, emu: RunningEmulator) {
     phase.set("stopping the ECS emulator");
     // Its Drop blocks for up to a few seconds while moto stops.
     let stopped = tokio::task::spawn_blocking(move || drop(emu)).await;
     if stopped.is_ok() {
         say("==> stopped the ECS emulator");
     }
-    result?;
-    say(format!("==> done: job {:?} behaved as asked", job.id));
-    Ok(())
 }
 
 /// One task to start: the group's allocation index and the task.
@@ -399,7 +482,7 @@ async fn with_emulator(
         plugin.display()
     ));
     let state_dir = state.path().join("state");
-    let agent_config = agent_config(&proxy.endpoint(), &seed.region, &state_dir)?;
+    let agent_config = agent_config(&proxy.endpoint(), &seed.region, &state_dir, None)?;
     let host = NomadClientHost::new(launch_options(plugin, state.path())?, agent_config)
         .rpc_timeout(RPC_TIMEOUT);
     let loaded = host
@@ -414,11 +497,13 @@ async fn with_emulator(
     ));
     let mut instance = loaded.instance;
     let logs = instance.process().stderr().clone();
-    let log_copier = args.verbose.then(|| tokio::spawn(copy_logs(logs.clone())));
+    let log_copier = args
+        .verbose
+        .then(|| tokio::spawn(copy_logs(logs.clone(), "plugin".to_owned())));
 
     let result = async {
-        wait_healthy(&mut instance, phase).await?;
-        let printer = EventPrinter::start(instance.events().clone());
+        wait_healthy(&mut instance, phase, "").await?;
+        let printer = EventPrinter::start(instance.events().clone(), "");
         let driven = drive(args, phase, job, planned, ending, &instance, &proxy, seed).await;
         printer.stop().await;
         driven
@@ -439,21 +524,7 @@ async fn with_emulator(
         copier.abort();
     }
     if result.is_err() && !args.verbose {
-        let lines: Vec<String> = logs
-            .snapshot()
-            .into_iter()
-            .filter(|line| {
-                line.contains(r#""@level":"warn""#) || line.contains(r#""@level":"error""#)
-            })
-            .collect();
-        if !lines.is_empty() {
-            eprintln!(
-                "nomad-ecs-dev: the plugin's last warnings and errors (all of its log: --verbose):"
-            );
-            for line in &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..] {
-                eprintln!("  {line}");
-            }
-        }
+        print_log_tail("plugin", &logs);
     }
     drop(proxy);
     say("==> stopped the ECS proxy");
@@ -461,29 +532,56 @@ async fn with_emulator(
     result
 }
 
+/// Prints the last warnings and errors of a plugin's log to stderr, after a failure.
+fn print_log_tail(label: &str, logs: &Recording<String>) {
+    let lines: Vec<String> = logs
+        .snapshot()
+        .into_iter()
+        .filter(|line| line.contains(r#""@level":"warn""#) || line.contains(r#""@level":"error""#))
+        .collect();
+    if !lines.is_empty() {
+        eprintln!(
+            "nomad-ecs-dev: the {label}'s last warnings and errors (all of its log: --verbose):"
+        );
+        for line in &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..] {
+            eprintln!("  {line}");
+        }
+    }
+}
+
 /// The agent's `plugin "nomad-driver-ecs" { config { ... } }` block, encoded as Nomad does:
-/// the HCL body decoded with the plugin's own config schema.
-fn agent_config(endpoint: &str, region: &str, state_dir: &Path) -> anyhow::Result<Vec<u8>> {
+/// the HCL body decoded with the plugin's own config schema. `nomad_address` is the Nomad HTTP
+/// API the driver asks about drains and lost nodes; without it the driver runs without one.
+fn agent_config(
+    endpoint: &str,
+    region: &str,
+    state_dir: &Path,
+    nomad_address: Option<&str>,
+) -> anyhow::Result<Vec<u8>> {
     let state_dir = state_dir
         .to_str()
         .context("the temporary state directory's path is not UTF-8")?;
-    let body = hcl::Body::builder()
+    let mut body = hcl::Body::builder()
         .add_attribute(("enabled", true))
         .add_attribute(("cluster", CLUSTER))
         .add_attribute(("region", region))
         .add_attribute(("endpoint", endpoint))
         .add_attribute(("state_dir", state_dir))
         .add_attribute(("fingerprint_interval", "1s"))
-        .add_attribute(("reconcile_interval", "1s"))
-        .build();
+        .add_attribute(("reconcile_interval", "1s"));
+    if let Some(address) = nomad_address {
+        body = body.add_attribute(("nomad_address", address));
+    }
+    let body = body.build();
     let value = jobfile::decode_body(&nomad_driver_ecs::config::schema(), &body, "plugin.config")
         .context("encoding the agent's plugin block")?;
     Ok(nomad_driver_ecs::cty::encode(&value))
 }
 
 /// How the client launches the plugin: static dummy credentials, empty AWS config files in
-/// `scratch`, and no instance-metadata lookups, so nothing leaves loopback and the user's own
-/// AWS settings play no part.
+/// `scratch`, no instance-metadata lookups, and none of the user's Nomad API settings (the
+/// driver would otherwise default to their `NOMAD_ADDR` and `NOMAD_TOKEN`), so nothing leaves
+/// loopback and the user's own AWS and Nomad settings play no part.
 fn launch_options(plugin: &Path, scratch: &Path) -> anyhow::Result<LaunchOptions> {
     let aws_config = scratch.join("aws-config");
     let aws_credentials = scratch.join("aws-credentials");
@@ -503,13 +601,20 @@ fn launch_options(plugin: &Path, scratch: &Path) -> anyhow::Result<LaunchOptions
             aws_credentials.to_string_lossy(),
         )
         .env("NOMAD_ECS_CONFIG_FILE", "")
+        .env("NOMAD_ADDR", "")
+        .env("NOMAD_TOKEN", "")
+        .env("NOMAD_CACERT", "")
+        .env("NOMAD_CLIENT_CERT", "")
+        .env("NOMAD_CLIENT_KEY", "")
+        .env("NOMAD_TLS_SERVER_NAME", "")
         .start_timeout(RPC_TIMEOUT))
 }
 
-async fn copy_logs(logs: Recording<String>) {
+/// Copies a plugin's log lines to stderr, each after `label`.
+async fn copy_logs(logs: Recording<String>, label: String) {
     for index in 0.. {
         match logs.wait_for_index(index, Duration::from_secs(3600)).await {
-            Ok(line) => eprintln!("plugin: {line}"),
+            Ok(line) => eprintln!("{label}: {line}"),
             Err(WaitError::Timeout { .. }) => {}
             Err(WaitError::Ended { .. }) => return,
         }
@@ -517,8 +622,16 @@ async fn copy_logs(logs: Recording<String>) {
 }
 
 /// Waits until the driver fingerprints healthy, as Nomad does before placing tasks on it.
-async fn wait_healthy(instance: &mut DriverInstance, phase: &Phase) -> anyhow::Result<()> {
-    phase.set("waiting for the driver to fingerprint healthy");
+/// `node` names the emulated client node in the progress line (empty: there is one).
+async fn wait_healthy(
+    instance: &mut DriverInstance,
+    phase: &Phase,
+    node: &str,
+) -> anyhow::Result<()> {
+    phase.set(format!(
+        "waiting for the driver{} to fingerprint healthy",
+        on_node(node)
+    ));
     let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
     let mut last = String::from("no fingerprint yet");
     loop {
@@ -546,7 +659,10 @@ async fn wait_healthy(instance: &mut DriverInstance, phase: &Phase) -> anyhow::R
                 .and_then(|attribute| attribute.value.as_ref())
                 .map(|value| format!(" for ECS cluster {}", attribute_text(value)))
                 .unwrap_or_default();
-            say(format!("    driver fingerprint: healthy{cluster}"));
+            say(format!(
+                "    {}driver fingerprint: healthy{cluster}",
+                node_prefix(node)
+            ));
             return Ok(());
         }
     }
@@ -564,15 +680,35 @@ fn describe_end(end: &StreamEnd) -> String {
     format!("{end:?}")
 }
 
+/// `"node-a: "` before a progress line about one node; nothing when there is one node.
+fn node_prefix(node: &str) -> String {
+    if node.is_empty() {
+        String::new()
+    } else {
+        format!("{node}: ")
+    }
+}
+
+/// `" on node-a"`; nothing when there is one node.
+fn on_node(node: &str) -> String {
+    if node.is_empty() {
+        String::new()
+    } else {
+        format!(" on {node}")
+    }
+}
+
 /// Prints TaskEvents messages as they arrive.
 struct EventPrinter {
     events: Recording<pb::DriverTaskEvent>,
+    node: &'static str,
     printed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl EventPrinter {
-    fn start(events: Recording<pb::DriverTaskEvent>) -> Self {
+    /// Prints `events` as they arrive, after `node`'s name (empty: there is one node).
+    fn start(events: Recording<pb::DriverTaskEvent>, node: &'static str) -> Self {
         let printed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let task = tokio::spawn({
             let events = events.clone();
@@ -582,7 +718,7 @@ impl EventPrinter {
                     let next = printed.load(std::sync::atomic::Ordering::SeqCst);
                     match events.wait_for_index(next, Duration::from_secs(3600)).await {
                         Ok(event) => {
-                            print_event(&event);
+                            print_event(&event, node);
                             printed.store(next + 1, std::sync::atomic::Ordering::SeqCst);
                         }
                         Err(WaitError::Timeout { .. }) => {}
@@ -593,6 +729,7 @@ impl EventPrinter {
         });
         Self {
             events,
+            node,
             printed,
             task,
         }
@@ -604,12 +741,12 @@ impl EventPrinter {
         let _ = self.task.await;
         let printed = self.printed.load(std::sync::atomic::Ordering::SeqCst);
         for event in self.events.snapshot().iter().skip(printed) {
-            print_event(event);
+            print_event(event, self.node);
         }
     }
 }
 
-fn print_event(event: &pb::DriverTaskEvent) {
+fn print_event(event: &pb::DriverTaskEvent, node: &str) {
     // Annotations the message already shows (the ARN, usually) would only repeat it.
     let annotations: BTreeMap<_, _> = event
         .annotations
@@ -626,8 +763,10 @@ fn print_event(event: &pb::DriverTaskEvent) {
         format!(" ({})", pairs.join(", "))
     };
     say(format!(
-        "    task event [{}]: {}{annotations}",
-        event.task_name, event.message
+        "    {}task event [{}]: {}{annotations}",
+        node_prefix(node),
+        event.task_name,
+        event.message
     ));
 }
 
@@ -658,34 +797,15 @@ async fn drive(
             .entry((p.group.name.as_str(), p.index))
             .or_insert_with(uuid_like)
             .clone();
-        let task_id = format!("{alloc_id}/{}/{:08x}", p.task.name, random_u64() as u32);
+        let task_id = new_task_id(&alloc_id, p.task);
         phase.set(format!("starting task {task_id}"));
         say(format!(
             "==> placing alloc {alloc_id} ({}.{}[{}]) task {:?}",
             job.id, p.group.name, p.index, p.task.name
         ));
-        let mut config = p
-            .task
-            .config
-            .clone()
-            .context("an ecs task without a decoded config")?;
-        for (placeholder, filled) in fill_placeholders(&mut config, seed) {
-            say(format!("    {placeholder:?} -> {filled}"));
-        }
-        let task_config = task_config(job, p, &alloc_id, &task_id, &node_id, config);
-        let handle = instance
-            .driver()
-            .start_task(pb::StartTaskRequest {
-                task: Some(task_config),
-            })
-            .await
-            .map_err(|status| status_error("StartTask", &task_id, &status))?
-            .into_inner()
-            .handle
-            .context("StartTask answered without a task handle")?;
-        let arn = DriverState::decode(&handle.driver_state)
-            .map(|state| state.arn)
-            .context("reading the task handle's driver_state")?;
+        let config = filled_config(p, seed)?;
+        let task_config = task_config(job, p, &alloc_id, &task_id, &node_id, DEV_NODE, config);
+        let (_, arn) = start_task(instance, task_config).await?;
         say(format!("    Nomad task ID: {task_id}"));
         say(format!("    ECS task ARN: {arn}"));
         wait_running(&ecs, &arn).await?;
@@ -717,81 +837,750 @@ async fn drive(
             }
             Ending::Stop => {
                 phase.set(format!("stopping task {}", task.task_id));
-                let signal = task.planned.task.kill_signal.clone().unwrap_or_default();
-                let timeout = task.planned.task.kill_timeout;
                 say(format!(
-                    "==> stopping task {name:?} (StopTask, signal {}, kill_timeout {timeout:?}, alloc {})",
-                    if signal.is_empty() {
-                        "driver default"
-                    } else {
-                        &signal
-                    },
+                    "==> stopping task {name:?} ({}, alloc {})",
+                    describe_stop(task.planned.task),
                     short_alloc(&task.task_id)
                 ));
-                instance
-                    .driver()
-                    .stop_task(pb::StopTaskRequest {
-                        task_id: task.task_id.clone(),
-                        timeout: Some(proto_duration(timeout)),
-                        signal,
-                    })
-                    .await
-                    .map_err(|status| status_error("StopTask", &task.task_id, &status))?;
+                stop_task(instance, &task.task_id, task.planned.task).await?;
             }
         }
         phase.set(format!("waiting for task {} to exit", task.task_id));
-        let exit = tokio::time::timeout(
-            STEP_TIMEOUT + task.planned.task.kill_timeout,
-            instance.driver().wait_task(pb::WaitTaskRequest {
-                task_id: task.task_id.clone(),
-            }),
-        )
-        .await
-        .map_err(|_| anyhow::anyhow!("WaitTask for {} did not answer in time", task.task_id))?
-        .map_err(|status| status_error("WaitTask", &task.task_id, &status))?
-        .into_inner();
-        let result = exit.result.unwrap_or_default();
-        let err = if exit.err.is_empty() {
-            "none".to_owned()
-        } else {
-            format!("{:?}", exit.err)
-        };
-        say(format!(
-            "==> exit result: code={} oom={} err={err}",
-            result.exit_code, result.oom_killed
-        ));
+        let exit = wait_exit(instance, &task.task_id, task.planned.task).await?;
+        say(format!("==> exit result: {}", exit.describe()));
         if let Some(status) = ecs_status(&ecs, &task.arn).await {
             say(format!("    ECS status: {status}"));
         }
         match ending {
-            Ending::Exit(code) if result.exit_code != code || result.oom_killed => {
-                failures.push(format!(
-                    "task {name:?} exited with code {} (oom={}), expected code {code}",
-                    result.exit_code, result.oom_killed
-                ))
-            }
-            Ending::Stop if result.exit_code != 0 || result.oom_killed => failures.push(format!(
-                "task {name:?} did not stop cleanly: code {} (oom={}), err {err}",
-                result.exit_code, result.oom_killed
+            Ending::Exit(code) if exit.code != code || exit.oom_killed => failures.push(format!(
+                "task {name:?} exited with code {} (oom={}), expected code {code}",
+                exit.code, exit.oom_killed
+            )),
+            Ending::Stop if !exit.is_clean() => failures.push(format!(
+                "task {name:?} did not stop cleanly: {}",
+                exit.describe()
             )),
             _ => {}
         }
 
         phase.set(format!("destroying task {}", task.task_id));
-        instance
-            .driver()
-            .destroy_task(pb::DestroyTaskRequest {
-                task_id: task.task_id.clone(),
-                force: true,
-            })
-            .await
-            .map_err(|status| status_error("DestroyTask", &task.task_id, &status))?;
+        destroy_task(instance, &task.task_id).await?;
         say(format!("==> destroyed task {}", task.task_id));
     }
     if !failures.is_empty() {
         bail!("the job did not behave as asked: {}", failures.join("; "));
     }
     Ok(())
+}
+
+/// The node name the single node of `run` reports in its TaskConfig.
+const DEV_NODE: &str = "nomad-ecs-dev";
+
+/// A Nomad task ID, `<alloc ID>/<task name>/<8 hex digits>`, as the client makes them.
+fn new_task_id(alloc_id: &str, task: &Task) -> String {
+    format!("{alloc_id}/{}/{:08x}", task.name, random_u64() as u32)
+}
+
+/// The task's `config` block with the placeholders filled in from the seed, printing each.
+fn filled_config(planned: &Planned<'_>, seed: &Seed) -> anyhow::Result<Value> {
+    let mut config = planned
+        .task
+        .config
+        .clone()
+        .context("an ecs task without a decoded config")?;
+    for (placeholder, filled) in fill_placeholders(&mut config, seed) {
+        say(format!("    {placeholder:?} -> {filled}"));
+    }
+    Ok(config)
+}
+
+/// StartTask; the handle and the ECS task ARN in its `driver_state`.
+async fn start_task(
+    instance: &DriverInstance,
+    config: pb::TaskConfig,
+) -> anyhow::Result<(pb::TaskHandle, String)> {
+    let task_id = config.id.clone();
+    let handle = instance
+        .driver()
+        .start_task(pb::StartTaskRequest { task: Some(config) })
+        .await
+        .map_err(|status| status_error("StartTask", &task_id, &status))?
+        .into_inner()
+        .handle
+        .context("StartTask answered without a task handle")?;
+    let arn = DriverState::decode(&handle.driver_state)
+        .map(|state| state.arn)
+        .context("reading the task handle's driver_state")?;
+    Ok((handle, arn))
+}
+
+/// How the client stops `task`: "StopTask, signal SIGTERM, kill_timeout 15s".
+fn describe_stop(task: &Task) -> String {
+    format!(
+        "StopTask, signal {}, kill_timeout {:?}",
+        task.kill_signal.as_deref().unwrap_or("driver default"),
+        task.kill_timeout
+    )
+}
+
+/// StopTask with the task's `kill_signal` and `kill_timeout`, as the client sends it.
+async fn stop_task(instance: &DriverInstance, task_id: &str, task: &Task) -> anyhow::Result<()> {
+    instance
+        .driver()
+        .stop_task(pb::StopTaskRequest {
+            task_id: task_id.to_owned(),
+            timeout: Some(proto_duration(task.kill_timeout)),
+            signal: task.kill_signal.clone().unwrap_or_default(),
+        })
+        .await
+        .map_err(|status| status_error("StopTask", task_id, &status))?;
+    Ok(())
+}
+
+/// WaitTask's answer.
+struct ExitResult {
+    code: i32,
+    oom_killed: bool,
+    err: String,
+}
+
+impl ExitResult {
+    /// "code=0 oom=false err=none".
+    fn describe(&self) -> String {
+        let err = if self.err.is_empty() {
+            "none".to_owned()
+        } else {
+            format!("{:?}", self.err)
+        };
+        format!("code={} oom={} err={err}", self.code, self.oom_killed)
+    }
+
+    /// A clean stop: code 0, no OOM kill, no error.
+    fn is_clean(&self) -> bool {
+        self.code == 0 && !self.oom_killed && self.err.is_empty()
+    }
+}
+
+/// WaitTask, bounded by the step timeout plus the task's `kill_timeout`.
+async fn wait_exit(
+    instance: &DriverInstance,
+    task_id: &str,
+    task: &Task,
+) -> anyhow::Result<ExitResult> {
+    let exit = tokio::time::timeout(
+        STEP_TIMEOUT + task.kill_timeout,
+        instance.driver().wait_task(pb::WaitTaskRequest {
+            task_id: task_id.to_owned(),
+        }),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("WaitTask for {task_id} did not answer in time"))?
+    .map_err(|status| status_error("WaitTask", task_id, &status))?
+    .into_inner();
+    let result = exit.result.unwrap_or_default();
+    Ok(ExitResult {
+        code: result.exit_code,
+        oom_killed: result.oom_killed,
+        err: exit.err,
+    })
+}
+
+/// DestroyTask with `force`, as the client sends it once the task is dead.
+async fn destroy_task(instance: &DriverInstance, task_id: &str) -> anyhow::Result<()> {
+    instance
+        .driver()
+        .destroy_task(pb::DestroyTaskRequest {
+            task_id: task_id.to_owned(),
+            force: true,
+        })
+        .await
+        .map_err(|status| status_error("DestroyTask", task_id, &status))?;
+    Ok(())
+}
+
+/// Node names of `drain`, as `nomad node status` would list them.
+const NODE_A: &str = "node-a";
+const NODE_B: &str = "node-b";
+
+/// `drain`: a takeover on current Nomad, on a job with one ecs task in one allocation.
+async fn takeover(args: &Args, phase: &Phase) -> anyhow::Result<()> {
+    let job = load_job(phase, &args.job_file)?;
+    let planned = plan(&job)?;
+    let [only] = planned.as_slice() else {
+        bail!(
+            "`drain` moves one allocation with one ecs task; job {:?} has {} ecs task(s) in {} \
+             allocation(s) (give the group `count = 1` and one ecs task)",
+            job.id,
+            planned.len(),
+            allocation_count(&planned)
+        );
+    };
+    let plugin = plugin_binary(args.plugin.as_deref())?;
+    say(format!(
+        "==> job {:?} ({}) from {}: {} on current Nomad (1.10+: the driver asks the Nomad API)",
+        job.id,
+        job.job_type,
+        args.job_file.display(),
+        if args.node_loss {
+            "node loss"
+        } else {
+            "a drain"
+        },
+    ));
+    say_notes(&job);
+
+    let (emu, seed) = start_emulator(phase).await?;
+    let result = takeover_with_emulator(args, phase, &job, only, &plugin, &emu, &seed).await;
+    stop_emulator(phase, emu).await;
+    let summary = result?;
+    say(format!("==> done: {summary}"));
+    Ok(())
+}
+
+/// One emulated Nomad client node of `drain`: its own emulated client (the agent's load
+/// sequence) and plugin process, with its own state directory.
+struct Node {
+    name: &'static str,
+    id: String,
+    host: NomadClientHost,
+    state_dir: PathBuf,
+    verbose: bool,
+    plugin: Option<NodePlugin>,
+    /// The log of every plugin process the node ran, for the tail shown on failure.
+    logs: Vec<Recording<String>>,
+}
+
+/// A node's running plugin and what follows its output.
+struct NodePlugin {
+    instance: DriverInstance,
+    printer: EventPrinter,
+    copier: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Node {
+    fn new(
+        name: &'static str,
+        dir: &Path,
+        plugin: &Path,
+        proxy: &EcsProxy,
+        api: &NomadApiServer,
+        seed: &Seed,
+        verbose: bool,
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating {name}'s directory {}", dir.display()))?;
+        let state_dir = dir.join("state");
+        let config = agent_config(
+            &proxy.endpoint(),
+            &seed.region,
+            &state_dir,
+            Some(&api.address()),
+        )?;
+        let host =
+            NomadClientHost::new(launch_options(plugin, dir)?, config).rpc_timeout(RPC_TIMEOUT);
+        Ok(Self {
+            name,
+            id: uuid_like(),
+            host,
+            state_dir,
+            verbose,
+            plugin: None,
+            logs: Vec::new(),
+        })
+    }
+
+    /// Loads the plugin as the node's Nomad client does and waits until it fingerprints healthy.
+    async fn start(&mut self, phase: &Phase) -> anyhow::Result<()> {
+        phase.set(format!("loading the plugin on {}", self.name));
+        let loaded =
+            self.host.load().await.with_context(|| {
+                format!("{}: the Nomad client's plugin load sequence", self.name)
+            })?;
+        let mut instance = loaded.instance;
+        let logs = instance.process().stderr().clone();
+        self.logs.push(logs.clone());
+        say(format!(
+            "    {}: plugin {} {} (driver API {}), pid {}, state dir {}",
+            self.name,
+            loaded.facts.plugin_info.name,
+            loaded.facts.plugin_info.plugin_version,
+            loaded.facts.api_version,
+            instance.process().pid(),
+            self.state_dir.display()
+        ));
+        let copier = self
+            .verbose
+            .then(|| tokio::spawn(copy_logs(logs, format!("{} plugin", self.name))));
+        if let Err(error) = wait_healthy(&mut instance, phase, self.name).await {
+            if let Some(copier) = copier {
+                copier.abort();
+            }
+            instance.kill().await;
+            return Err(error);
+        }
+        let printer = EventPrinter::start(instance.events().clone(), self.name);
+        self.plugin = Some(NodePlugin {
+            instance,
+            printer,
+            copier,
+        });
+        Ok(())
+    }
+
+    fn instance(&self) -> anyhow::Result<&DriverInstance> {
+        self.plugin
+            .as_ref()
+            .map(|plugin| &plugin.instance)
+            .with_context(|| format!("{}'s plugin is not running", self.name))
+    }
+
+    /// Waits for the driver's task event saying it let go of `task_id`'s ECS task.
+    async fn let_go(&self, task_id: &str) -> anyhow::Result<String> {
+        let event = self
+            .instance()?
+            .events()
+            .wait_for(
+                |event| event.task_id == task_id && event.message.starts_with("letting go of"),
+                STEP_TIMEOUT,
+            )
+            .await
+            .map_err(|error| {
+                anyhow::anyhow!(
+                    "{} never let go of the ECS task of {task_id} ({error:?}): it still thinks \
+                     it owns a task another allocation runs",
+                    self.name
+                )
+            })?;
+        Ok(event.message)
+    }
+
+    /// The node dies: its plugin is SIGKILLed, as when the machine goes dark.
+    async fn crash(&mut self) -> anyhow::Result<u32> {
+        let NodePlugin {
+            mut instance,
+            printer,
+            copier,
+        } = self
+            .plugin
+            .take()
+            .with_context(|| format!("{}'s plugin is not running", self.name))?;
+        let pid = instance.process().pid();
+        instance.process_mut().sigkill();
+        if instance
+            .process_mut()
+            .wait_exit(STEP_TIMEOUT)
+            .await
+            .is_none()
+        {
+            bail!("{}'s plugin (pid {pid}) did not die of SIGKILL", self.name);
+        }
+        instance.kill().await;
+        printer.stop().await;
+        if let Some(copier) = copier {
+            copier.abort();
+        }
+        Ok(pid)
+    }
+
+    /// Shuts the plugin down as the client does when the agent stops; says how it went.
+    async fn shut_down(&mut self) {
+        let Some(NodePlugin {
+            instance,
+            printer,
+            copier,
+        }) = self.plugin.take()
+        else {
+            return;
+        };
+        let shutdown = instance.shutdown().await;
+        printer.stop().await;
+        if let Some(copier) = copier {
+            copier.abort();
+        }
+        if shutdown.kill.exited_gracefully() {
+            say(format!("==> {}: plugin shut down gracefully", self.name));
+        } else {
+            say(format!(
+                "==> {}: plugin did not exit by itself; it was {:?}",
+                self.name, shutdown.kill.path
+            ));
+        }
+    }
+
+    fn print_log_tails(&self) {
+        for logs in &self.logs {
+            print_log_tail(&format!("{} plugin", self.name), logs);
+        }
+    }
+}
+
+async fn takeover_with_emulator(
+    args: &Args,
+    phase: &Phase,
+    job: &Job,
+    planned: &Planned<'_>,
+    plugin: &Path,
+    emu: &RunningEmulator,
+    seed: &Seed,
+) -> anyhow::Result<String> {
+    let proxy = EcsProxy::start(emu.endpoint())
+        .await
+        .context("starting the ECS fidelity proxy")?;
+    say(format!("    ECS fidelity proxy at {}", proxy.endpoint()));
+    phase.set("starting the emulated Nomad API");
+    let api = NomadApiServer::start()
+        .await
+        .context("starting the emulated Nomad HTTP API")?;
+    say(format!(
+        "==> emulated Nomad HTTP API (the servers' view of allocations and jobs) at {}",
+        api.address()
+    ));
+    let scratch = tempfile::Builder::new()
+        .prefix("nomad-ecs-dev-drain-")
+        .tempdir()
+        .context("creating the nodes' temporary directories")?;
+    let mut a = Node::new(
+        NODE_A,
+        &scratch.path().join(NODE_A),
+        plugin,
+        &proxy,
+        &api,
+        seed,
+        args.verbose,
+    )?;
+    let mut b = Node::new(
+        NODE_B,
+        &scratch.path().join(NODE_B),
+        plugin,
+        &proxy,
+        &api,
+        seed,
+        args.verbose,
+    )?;
+    say(format!(
+        "==> loading the plugin {} on two emulated Nomad client nodes, each with nomad_address = {}",
+        plugin.display(),
+        api.address()
+    ));
+
+    let result = async {
+        a.start(phase).await?;
+        b.start(phase).await?;
+        move_task(
+            args, phase, job, planned, &mut a, &mut b, &proxy, &api, seed,
+        )
+        .await
+    }
+    .await;
+
+    phase.set("shutting the plugins down");
+    a.shut_down().await;
+    b.shut_down().await;
+    if result.is_err() && !args.verbose {
+        a.print_log_tails();
+        b.print_log_tails();
+    }
+    drop(api);
+    say("==> stopped the emulated Nomad API");
+    drop(proxy);
+    say("==> stopped the ECS proxy");
+    drop(scratch);
+    result
+}
+
+/// Checks, `when`, that the ECS task still runs, that nothing has asked ECS to stop it, and
+/// that no second ECS task was started.
+async fn expect_still_running(
+    ecs: &aws_sdk_ecs::Client,
+    proxy: &EcsProxy,
+    arn: &str,
+    when: &str,
+) -> anyhow::Result<()> {
+    let status = ecs_status(ecs, arn)
+        .await
+        .unwrap_or_else(|| "unknown (DescribeTasks failed)".to_owned());
+    if status != "RUNNING" {
+        bail!("the ECS task stopped running during the takeover ({when}): ECS status {status}");
+    }
+    let runs = proxy.calls("RunTask");
+    if runs != 1 {
+        bail!("RunTask has run {runs} times ({when}); a takeover keeps the one ECS task");
+    }
+    let stops = proxy.calls("StopTask");
+    if stops != 0 {
+        bail!(
+            "ECS StopTask was called {stops} time(s) during the takeover ({when}); the task must \
+             keep running"
+        );
+    }
+    Ok(())
+}
+
+/// The allocation the ECS task's `nomad:alloc-id` tag names.
+async fn ecs_owner(ecs: &aws_sdk_ecs::Client, arn: &str) -> Option<String> {
+    let out = ecs
+        .describe_tasks()
+        .cluster(CLUSTER)
+        .tasks(arn)
+        .include(aws_sdk_ecs::types::TaskField::Tags)
+        .send()
+        .await
+        .ok()?;
+    out.tasks()
+        .first()?
+        .tags()
+        .iter()
+        .find(|tag| tag.key() == Some(nomad_driver_ecs::reconcile::TAG_ALLOC_ID))
+        .and_then(|tag| tag.value())
+        .map(str::to_owned)
+}
+
+/// The scenario: place on node-a, drain it (or lose it), adopt on node-b, stop the job.
+/// Returns the closing summary.
+#[allow(clippy::too_many_arguments)] // the run's parts, passed down once
+async fn move_task(
+    args: &Args,
+    phase: &Phase,
+    job: &Job,
+    planned: &Planned<'_>,
+    a: &mut Node,
+    b: &mut Node,
+    proxy: &EcsProxy,
+    api: &NomadApiServer,
+    seed: &Seed,
+) -> anyhow::Result<String> {
+    let ecs = ecs_client(&proxy.endpoint(), &seed.region);
+    let task = planned.task;
+    let name = &task.name;
+
+    // The scheduler places the allocation on node-a; node-a's client starts the task.
+    let alloc_a = uuid_like();
+    let task_a = new_task_id(&alloc_a, task);
+    api.put_alloc(AllocState::running(&alloc_a, &job.id));
+    phase.set(format!("starting task {task_a} on {}", a.name));
+    say(format!(
+        "==> placing alloc {alloc_a} ({}.{}[{}]) task {name:?} on {}",
+        job.id, planned.group.name, planned.index, a.name
+    ));
+    let config = filled_config(planned, seed)?;
+    let (handle_a, arn) = start_task(
+        a.instance()?,
+        task_config(
+            job,
+            planned,
+            &alloc_a,
+            &task_a,
+            &a.id,
+            a.name,
+            config.clone(),
+        ),
+    )
+    .await?;
+    say(format!("    Nomad task ID: {task_a}"));
+    say(format!("    ECS task ARN: {arn}"));
+    wait_running(&ecs, &arn).await?;
+    let runs = proxy.calls("RunTask");
+    if runs != 1 {
+        bail!("starting one task took {runs} RunTask calls, expected 1");
+    }
+
+    phase.set(format!("letting the task run for {:?}", args.run_for));
+    say(format!(
+        "==> letting it run for {:?} on {}",
+        args.run_for, a.name
+    ));
+    tokio::time::sleep(args.run_for).await;
+
+    let alloc_b = uuid_like();
+    let task_b = new_task_id(&alloc_b, task);
+    if args.node_loss {
+        phase.set(format!("killing {}'s plugin", a.name));
+        let pid = a.crash().await?;
+        say(format!(
+            "==> {} goes dark: its plugin (pid {pid}) is SIGKILLed, nobody stops anything",
+            a.name
+        ));
+        api.lose_node(&alloc_a, &alloc_b);
+        say(format!(
+            "==> the servers mark {} down: allocation {alloc_a} is lost; its replacement {alloc_b} \
+             is placed on {}",
+            a.name, b.name
+        ));
+        expect_still_running(&ecs, proxy, &arn, "after node-a died").await?;
+        say("    ECS task still RUNNING");
+    } else {
+        api.drain(&alloc_a, Some(&alloc_b));
+        say(format!(
+            "==> draining {}: allocation {alloc_a} migrates to {alloc_b} on {}",
+            a.name, b.name
+        ));
+        phase.set(format!("stopping task {task_a} on {}", a.name));
+        say(format!(
+            "    {}: the client stops the migrating allocation ({})",
+            a.name,
+            describe_stop(task)
+        ));
+        stop_task(a.instance()?, &task_a, task).await?;
+        phase.set(format!("waiting for task {task_a} to exit on {}", a.name));
+        let exit = wait_exit(a.instance()?, &task_a, task).await?;
+        say(format!(
+            "    {}: exit result: {} (Nomad sees the allocation complete)",
+            a.name,
+            exit.describe()
+        ));
+        if !exit.is_clean() {
+            bail!(
+                "the hand-off on {} did not exit cleanly: {}",
+                a.name,
+                exit.describe()
+            );
+        }
+        expect_still_running(&ecs, proxy, &arn, "after node-a's StopTask").await?;
+        say(format!(
+            "    {}: handed off (ECS task still RUNNING)",
+            a.name
+        ));
+        destroy_task(a.instance()?, &task_a).await?;
+        say(format!(
+            "    {}: destroyed task {task_a}; the driver watches the ECS task until the replacement adopts it",
+            a.name
+        ));
+    }
+
+    // Node-b's client starts the replacement allocation; the driver adopts instead of RunTask.
+    phase.set(format!("starting task {task_b} on {}", b.name));
+    say(format!(
+        "==> placing replacement alloc {alloc_b} ({}.{}[{}]) task {name:?} on {}",
+        job.id, planned.group.name, planned.index, b.name
+    ));
+    let (_, arn_b) = start_task(
+        b.instance()?,
+        task_config(job, planned, &alloc_b, &task_b, &b.id, b.name, config),
+    )
+    .await?;
+    say(format!("    Nomad task ID: {task_b}"));
+    let runs = proxy.calls("RunTask");
+    if arn_b != arn {
+        bail!(
+            "{} did not adopt the running ECS task: it got {arn_b}, {} had {arn} \
+             (RunTask calls = {runs})",
+            b.name,
+            a.name
+        );
+    }
+    if runs != 1 {
+        bail!(
+            "{} reported the same ARN but RunTask ran {runs} times; a takeover runs it once",
+            b.name
+        );
+    }
+    say(format!(
+        "    {}: adopted ECS task ARN {arn_b} (same ARN, no new RunTask: RunTask calls = {runs})",
+        b.name
+    ));
+    let owner = ecs_owner(&ecs, &arn).await.unwrap_or_default();
+    if owner != alloc_b {
+        bail!(
+            "after the adoption the ECS task's {} tag names {owner:?}, not the replacement {alloc_b}",
+            nomad_driver_ecs::reconcile::TAG_ALLOC_ID
+        );
+    }
+    say(format!(
+        "    ECS tag {} = {owner}",
+        nomad_driver_ecs::reconcile::TAG_ALLOC_ID
+    ));
+    expect_still_running(&ecs, proxy, &arn, "after node-b's adoption").await?;
+
+    if args.node_loss {
+        phase.set(format!("restarting {}'s plugin", a.name));
+        say(format!(
+            "==> {} returns: a new plugin on its state dir {}",
+            a.name,
+            a.state_dir.display()
+        ));
+        a.start(phase).await?;
+        say(format!(
+            "    {}: the client restores allocation {alloc_a} (RecoverTask with its handle)",
+            a.name
+        ));
+        a.instance()?
+            .driver()
+            .recover_task(pb::RecoverTaskRequest {
+                task_id: task_a.clone(),
+                handle: Some(handle_a),
+            })
+            .await
+            .map_err(|status| status_error("RecoverTask", &task_a, &status))?;
+        say(format!(
+            "    {}: the servers say allocation {alloc_a} is lost; the client stops it ({})",
+            a.name,
+            describe_stop(task)
+        ));
+        phase.set(format!("stopping task {task_a} on {}", a.name));
+        stop_task(a.instance()?, &task_a, task).await?;
+        let exit = wait_exit(a.instance()?, &task_a, task).await?;
+        say(format!("    {}: exit result: {}", a.name, exit.describe()));
+        if !exit.is_clean() {
+            bail!(
+                "the returning {}'s StopTask did not exit cleanly: {}",
+                a.name,
+                exit.describe()
+            );
+        }
+        phase.set(format!("waiting for {} to let go of the ECS task", a.name));
+        a.let_go(&task_a).await?;
+        expect_still_running(&ecs, proxy, &arn, "after node-a returned").await?;
+        say(format!(
+            "    {} returned: another allocation owns the ECS task; let go without stopping it",
+            a.name
+        ));
+        destroy_task(a.instance()?, &task_a).await?;
+    } else {
+        phase.set(format!("waiting for {} to let go of the ECS task", a.name));
+        a.let_go(&task_a).await?;
+        expect_still_running(&ecs, proxy, &arn, "after node-a let go").await?;
+        say(format!(
+            "    {}: let go of the handed-off ECS task without stopping it (allocation {alloc_b} owns it now)",
+            a.name
+        ));
+    }
+
+    // `nomad job stop`: the servers stop the job; node-b's client stops its allocation.
+    api.stop_job(&job.id);
+    phase.set(format!("stopping task {task_b} on {}", b.name));
+    say(format!(
+        "==> stopping job {:?} (nomad job stop): task {name:?} on {} ({}, alloc {})",
+        job.id,
+        b.name,
+        describe_stop(task),
+        short_alloc(&task_b)
+    ));
+    stop_task(b.instance()?, &task_b, task).await?;
+    phase.set(format!("waiting for task {task_b} to exit on {}", b.name));
+    let exit = wait_exit(b.instance()?, &task_b, task).await?;
+    say(format!("==> exit result: {}", exit.describe()));
+    let status = ecs_status(&ecs, &arn).await.unwrap_or_default();
+    say(format!("    ECS status: {status}"));
+    if !exit.is_clean() {
+        bail!(
+            "the job stop did not end the task cleanly: {}",
+            exit.describe()
+        );
+    }
+    if !status.starts_with("STOPPED") {
+        bail!("after the job stop the ECS task is {status:?}, not STOPPED");
+    }
+    phase.set(format!("destroying task {task_b}"));
+    destroy_task(b.instance()?, &task_b).await?;
+    say(format!("==> destroyed task {task_b}"));
+    Ok(format!(
+        "one ECS task ran through the {}: {} -> {} on the same ARN, RunTask calls = {}, and \
+         it stopped cleanly with the job",
+        if args.node_loss { "node loss" } else { "drain" },
+        a.name,
+        b.name,
+        proxy.calls("RunTask")
+    ))
 }
 
 /// The first block of the allocation ID in a task ID, as Nomad's CLI shortens IDs.
@@ -821,6 +1610,7 @@ fn task_config(
     alloc_id: &str,
     task_id: &str,
     node_id: &str,
+    node_name: &str,
     config: Value,
 ) -> pb::TaskConfig {
     let task = planned.task;
@@ -882,7 +1672,7 @@ fn task_config(
         alloc_id: alloc_id.to_owned(),
         job_id: job.id.clone(),
         namespace: job.namespace.clone(),
-        node_name: "nomad-ecs-dev".to_owned(),
+        node_name: node_name.to_owned(),
         node_id: node_id.to_owned(),
         ..Default::default()
     }
@@ -1093,6 +1883,37 @@ mod tests {
                 .contains("--nope")
         );
         assert_eq!(args(&["--help"]), Ok(Command::Help));
+    }
+
+    #[test]
+    fn drain_takes_a_job_file_and_node_loss_and_refuses_what_only_run_takes() {
+        let Ok(Command::Drain(parsed)) = args(&["drain", "job.hcl", "--node-loss", "--run-for=1s"])
+        else {
+            panic!("parsed");
+        };
+        assert_eq!(parsed.job_file, PathBuf::from("job.hcl"));
+        assert!(parsed.node_loss);
+        assert_eq!(parsed.run_for, Duration::from_secs(1));
+        let Ok(Command::Drain(plain)) = args(&["drain", "job.hcl"]) else {
+            panic!("parsed");
+        };
+        assert!(!plain.node_loss, "a drain unless --node-loss is given");
+        assert!(
+            args(&["drain", "j", "--exit-code", "3"])
+                .unwrap_err()
+                .contains("--exit-code is for `run`")
+        );
+        assert!(
+            args(&["run", "j", "--node-loss"])
+                .unwrap_err()
+                .contains("--node-loss is for `drain`")
+        );
+        assert!(
+            args(&["drain", "j", "--node-loss=yes"])
+                .unwrap_err()
+                .contains("takes no value")
+        );
+        assert!(args(&["drain"]).unwrap_err().contains("no job file"));
     }
 
     #[test]

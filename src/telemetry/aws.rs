@@ -108,7 +108,9 @@ mod tests {
             br#"{"__type":"com.amazonaws.ecs#ThrottlingException","message":"Rate exceeded"}"#
         ));
         assert!(body_names_throttle(br#"{"__type":"ThrottlingException"}"#));
-        assert!(!body_names_throttle(br#"{"__type":"InvalidParameterException"}"#));
+        assert!(!body_names_throttle(
+            br#"{"__type":"InvalidParameterException"}"#
+        ));
         assert!(!body_names_throttle(b"<html>500</html>"));
     }
 

@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use opentelemetry_sdk::Resource;
@@ -17,6 +18,15 @@ use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 
 /// Repeat a failure warning at most this often.
 const WARN_EVERY: Duration = Duration::from_secs(300);
+
+/// Whether the last export of any signal failed.
+static FAILING: AtomicBool = AtomicBool::new(false);
+
+/// Whether the collector looked unreachable at the last export (then the
+/// exit flush is not worth waiting for).
+pub(super) fn failing() -> bool {
+    FAILING.load(Ordering::Relaxed)
+}
 
 /// An exporter that reports its failures sparingly.
 pub(super) struct Quiet<E> {
@@ -46,6 +56,7 @@ impl<E> Quiet<E> {
     }
 
     fn observe(&self, result: &OTelSdkResult) {
+        FAILING.store(result.is_err(), Ordering::Relaxed);
         let Ok(mut log) = self.log.lock() else {
             return;
         };

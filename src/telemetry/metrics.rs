@@ -32,21 +32,111 @@ pub type MetricSpec = (&'static str, Kind, &'static str, &'static str, &'static 
 
 /// Every metric the driver exports.
 pub const METRICS: &[MetricSpec] = &[
-    (TASKS, Kind::Gauge, "{task}", "nomad_ecs_tasks", "tracked tasks by desired state (nomad.task.desired) and ECS lastStatus (nomad.task.observed)"),
-    (PASS_DURATION, Kind::Histogram, "s", "nomad_ecs_reconcile_pass_duration_seconds", "reconcile pass duration, by reconcile.full"),
-    (PASS_LAG, Kind::Histogram, "s", "nomad_ecs_reconcile_lag_seconds", "how late a pass started after it was due or triggered, by reconcile.full"),
-    (PASS_STEPS, Kind::Counter, "{step}", "nomad_ecs_reconcile_steps_total", "steps applied by reconcile passes, by reconcile.full"),
-    (PASS_CALLS, Kind::Histogram, "{call}", "nomad_ecs_reconcile_pass_calls", "ECS calls made per pass, by reconcile.full"),
-    (PASS_TASKS, Kind::Gauge, "{task}", "nomad_ecs_reconcile_tasks", "records the last full pass considered"),
-    (AWS_CALLS, Kind::Counter, "{call}", "nomad_ecs_aws_calls_total", "ECS API calls admitted by the token bucket, by rpc.method"),
-    (AWS_ATTEMPTS, Kind::Counter, "{attempt}", "nomad_ecs_aws_attempts_total", "ECS API attempts on the wire, retries included, by rpc.method and http.response.status_code"),
-    (AWS_THROTTLES, Kind::Counter, "{attempt}", "nomad_ecs_aws_throttles_total", "ECS API attempts answered with throttling, by rpc.method"),
-    (AWS_ERRORS, Kind::Counter, "{call}", "nomad_ecs_aws_errors_total", "ECS API calls that failed after retries, by rpc.method and error.type"),
-    (BUCKET_WAIT, Kind::Histogram, "s", "nomad_ecs_aws_token_bucket_wait_seconds", "time a call waited for the client-side token bucket, by rpc.method"),
-    (START_LATENCY, Kind::Histogram, "s", "nomad_ecs_task_start_duration_seconds", "StartTask until ECS reports RUNNING"),
-    (STOP_LATENCY, Kind::Histogram, "s", "nomad_ecs_task_stop_duration_seconds", "stop request until ECS reports STOPPED"),
-    (STORE_WRITE, Kind::Histogram, "s", "nomad_ecs_store_write_duration_seconds", "durable store write (write + fsync), by db.operation.name"),
-    (STORE_SIZE, Kind::Gauge, "By", "nomad_ecs_store_size_bytes", "task store size on disk"),
+    (
+        TASKS,
+        Kind::Gauge,
+        "{task}",
+        "nomad_ecs_tasks",
+        "tracked tasks by desired state (nomad.task.desired) and ECS lastStatus (nomad.task.observed)",
+    ),
+    (
+        PASS_DURATION,
+        Kind::Histogram,
+        "s",
+        "nomad_ecs_reconcile_pass_duration_seconds",
+        "reconcile pass duration, by reconcile.full",
+    ),
+    (
+        PASS_LAG,
+        Kind::Histogram,
+        "s",
+        "nomad_ecs_reconcile_lag_seconds",
+        "how late a pass started after it was due or triggered, by reconcile.full",
+    ),
+    (
+        PASS_STEPS,
+        Kind::Counter,
+        "{step}",
+        "nomad_ecs_reconcile_steps_total",
+        "steps applied by reconcile passes, by reconcile.full",
+    ),
+    (
+        PASS_CALLS,
+        Kind::Histogram,
+        "{call}",
+        "nomad_ecs_reconcile_pass_calls",
+        "ECS calls made per pass, by reconcile.full",
+    ),
+    (
+        PASS_TASKS,
+        Kind::Gauge,
+        "{task}",
+        "nomad_ecs_reconcile_tasks",
+        "records the last full pass considered",
+    ),
+    (
+        AWS_CALLS,
+        Kind::Counter,
+        "{call}",
+        "nomad_ecs_aws_calls_total",
+        "ECS API calls admitted by the token bucket, by rpc.method",
+    ),
+    (
+        AWS_ATTEMPTS,
+        Kind::Counter,
+        "{attempt}",
+        "nomad_ecs_aws_attempts_total",
+        "ECS API attempts on the wire, retries included, by rpc.method and http.response.status_code",
+    ),
+    (
+        AWS_THROTTLES,
+        Kind::Counter,
+        "{attempt}",
+        "nomad_ecs_aws_throttles_total",
+        "ECS API attempts answered with throttling, by rpc.method",
+    ),
+    (
+        AWS_ERRORS,
+        Kind::Counter,
+        "{call}",
+        "nomad_ecs_aws_errors_total",
+        "ECS API calls that failed after retries, by rpc.method and error.type",
+    ),
+    (
+        BUCKET_WAIT,
+        Kind::Histogram,
+        "s",
+        "nomad_ecs_aws_token_bucket_wait_seconds",
+        "time a call waited for the client-side token bucket, by rpc.method",
+    ),
+    (
+        START_LATENCY,
+        Kind::Histogram,
+        "s",
+        "nomad_ecs_task_start_duration_seconds",
+        "StartTask until ECS reports RUNNING",
+    ),
+    (
+        STOP_LATENCY,
+        Kind::Histogram,
+        "s",
+        "nomad_ecs_task_stop_duration_seconds",
+        "stop request until ECS reports STOPPED",
+    ),
+    (
+        STORE_WRITE,
+        Kind::Histogram,
+        "s",
+        "nomad_ecs_store_write_duration_seconds",
+        "durable store write (write + fsync), by db.operation.name",
+    ),
+    (
+        STORE_SIZE,
+        Kind::Gauge,
+        "By",
+        "nomad_ecs_store_size_bytes",
+        "task store size on disk",
+    ),
 ];
 
 /// Tracked tasks by desired and observed state.
@@ -241,7 +331,10 @@ pub fn record_pass(
     lag: Duration,
 ) {
     if full {
-        LAST_PASS_TASKS.store(u64::try_from(tasks).unwrap_or(u64::MAX - 1), Ordering::Relaxed);
+        LAST_PASS_TASKS.store(
+            u64::try_from(tasks).unwrap_or(u64::MAX - 1),
+            Ordering::Relaxed,
+        );
     }
     with(|i| {
         let attrs = [KeyValue::new("reconcile.full", full)];
@@ -360,8 +453,16 @@ pub struct StoreWrite {
 impl StoreWrite {
     pub(super) fn start(op: StoreOp) -> Self {
         let span = match op {
-            StoreOp::Put => tracing::info_span!("store.put", db.system.name = "sled", db.operation.name = "put"),
-            StoreOp::Delete => tracing::info_span!("store.delete", db.system.name = "sled", db.operation.name = "delete"),
+            StoreOp::Put => tracing::info_span!(
+                "store.put",
+                db.system.name = "sled",
+                db.operation.name = "put"
+            ),
+            StoreOp::Delete => tracing::info_span!(
+                "store.delete",
+                db.system.name = "sled",
+                db.operation.name = "delete"
+            ),
         };
         Self {
             op,
@@ -474,7 +575,14 @@ mod tests {
             .build();
         init(&provider);
 
-        record_pass(true, 3, 2, 1, Duration::from_millis(20), Duration::from_millis(5));
+        record_pass(
+            true,
+            3,
+            2,
+            1,
+            Duration::from_millis(20),
+            Duration::from_millis(5),
+        );
         record_pass(false, 1, 4, 2, Duration::from_millis(20), Duration::ZERO);
         record_task_states(&[("running", "RUNNING", 2), ("stopping", "DEACTIVATING", 1)]);
         record_task_states(&[("running", "RUNNING", 3)]);
@@ -496,11 +604,17 @@ mod tests {
         assert_eq!(one(PASS_CALLS, "reconcile.full=false"), Some(4.0));
         assert_eq!(one(PASS_TASKS, ""), Some(3.0), "the last full pass");
         assert_eq!(
-            one(TASKS, "nomad.task.desired=running,nomad.task.observed=RUNNING"),
+            one(
+                TASKS,
+                "nomad.task.desired=running,nomad.task.observed=RUNNING"
+            ),
             Some(3.0)
         );
         assert_eq!(
-            one(TASKS, "nomad.task.desired=stopping,nomad.task.observed=DEACTIVATING"),
+            one(
+                TASKS,
+                "nomad.task.desired=stopping,nomad.task.observed=DEACTIVATING"
+            ),
             Some(0.0),
             "a combination that is gone reports 0"
         );
@@ -509,12 +623,18 @@ mod tests {
         assert_eq!(one(AWS_CALLS, "rpc.method=RunTask"), Some(1.0));
         assert_eq!(one(BUCKET_WAIT, "rpc.method=RunTask"), Some(1.0));
         assert_eq!(
-            one(AWS_ATTEMPTS, "http.response.status_code=400,rpc.method=RunTask"),
+            one(
+                AWS_ATTEMPTS,
+                "http.response.status_code=400,rpc.method=RunTask"
+            ),
             Some(1.0)
         );
         assert_eq!(one(AWS_THROTTLES, "rpc.method=RunTask"), Some(1.0));
         assert_eq!(
-            one(AWS_ERRORS, "error.type=ThrottlingException,rpc.method=StopTask"),
+            one(
+                AWS_ERRORS,
+                "error.type=ThrottlingException,rpc.method=StopTask"
+            ),
             Some(1.0)
         );
         assert_eq!(one(STORE_WRITE, "db.operation.name=put"), Some(1.0));
