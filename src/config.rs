@@ -305,7 +305,11 @@ fn normalize(s: &mut Settings) {
         }
     }
     s.cluster = s.cluster.trim().to_string();
-    for p in [&mut s.nomad_ca_cert, &mut s.nomad_client_cert, &mut s.nomad_client_key] {
+    for p in [
+        &mut s.nomad_ca_cert,
+        &mut s.nomad_client_cert,
+        &mut s.nomad_client_key,
+    ] {
         if p.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
             *p = None;
         }
@@ -620,7 +624,10 @@ mod tests {
             for (block, field) in [
                 (json!({"cluster": "bad name!"}), "cluster"),
                 (json!({"endpoint": "ftp://x"}), "endpoint"),
-                (json!({"telemetry_endpoint": "collector:4317"}), "telemetry_endpoint"),
+                (
+                    json!({"telemetry_endpoint": "collector:4317"}),
+                    "telemetry_endpoint",
+                ),
                 (json!({"api_budget": 1.5}), "api_budget"),
                 (json!({"reconcile_interval": "0s"}), "reconcile_interval"),
                 (json!({"state_dir": "relative/dir"}), "state_dir"),

@@ -4,5 +4,5 @@
 pub mod ecs_proxy;
 pub mod emulator;
 pub mod host;
-pub mod nomad_api;
 pub mod jobfile;
+pub mod nomad_api;

@@ -127,7 +127,10 @@ impl Driver {
         } else {
             Err("disabled".to_string())
         };
-        let nomad = match settings.nomad_api().map(|c| crate::nomad::NomadApi::new(&c)) {
+        let nomad = match settings
+            .nomad_api()
+            .map(|c| crate::nomad::NomadApi::new(&c))
+        {
             None => {
                 if settings.enabled && !unchanged {
                     tracing::warn!(
@@ -180,7 +183,9 @@ impl Driver {
                     } else {
                         // Without an ECS client nothing can run; the store
                         // stays closed until a config that works arrives.
-                        tracing::warn!("no ECS client; the task store stays closed until SetConfig succeeds");
+                        tracing::warn!(
+                            "no ECS client; the task store stays closed until SetConfig succeeds"
+                        );
                     }
                 }
             }
@@ -196,8 +201,11 @@ impl Driver {
             endpoint = settings.endpoint.as_deref().unwrap_or(""),
             "configured"
         );
-        self.current
-            .send_replace(Some(Arc::new(Configured { settings, ecs, nomad })));
+        self.current.send_replace(Some(Arc::new(Configured {
+            settings,
+            ecs,
+            nomad,
+        })));
         Ok(())
     }
 

@@ -75,8 +75,12 @@ where
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let mut fields = JsonVisitor::default();
         attrs.record(&mut fields);
-        // `otel.name`, `otel.kind`: instructions to the telemetry layer.
-        fields.fields.retain(|k, _| !k.starts_with("otel."));
+        // `otel.name`, `otel.kind` instruct the telemetry layer, and
+        // `rpc.system`/`rpc.service` only restate what `rpc.method` and the
+        // module say: span attributes for the trace backend, not log noise.
+        fields
+            .fields
+            .retain(|k, _| !k.starts_with("otel.") && k != "rpc.system" && k != "rpc.service");
         if let Some(span) = ctx.span(id) {
             span.extensions_mut().insert(SpanFields(fields.fields));
         }

@@ -22,7 +22,9 @@ fn main() -> std::process::ExitCode {
         }
     });
     // Queued spans and the last metrics, within go-plugin's kill grace.
-    runtime.block_on(nomad_driver_ecs::telemetry::shutdown(nomad_driver_ecs::telemetry::FLUSH_TIMEOUT));
+    runtime.block_on(nomad_driver_ecs::telemetry::shutdown(
+        nomad_driver_ecs::telemetry::FLUSH_TIMEOUT,
+    ));
     // Background tasks (fingerprint loops, blocked waits) must not delay exit.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     std::process::ExitCode::from(u8::try_from(code).unwrap_or(1))

@@ -159,11 +159,16 @@ pub struct NomadApi {
 
 impl std::fmt::Debug for NomadApi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NomadApi").field("address", &self.address).field("token", &self.token.as_ref().map(|_| "<redacted>")).finish()
+        f.debug_struct("NomadApi")
+            .field("address", &self.address)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
     }
 }
 
-fn read_pem_certs(path: &PathBuf) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, NomadApiError> {
+fn read_pem_certs(
+    path: &PathBuf,
+) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, NomadApiError> {
     use rustls_pki_types::pem::PemObject as _;
     rustls_pki_types::CertificateDer::pem_file_iter(path)
         .map_err(|e| NomadApiError::Config(format!("reading {}: {e}", path.display())))?
@@ -177,15 +182,25 @@ impl NomadApi {
     /// # Errors
     /// [`NomadApiError::Config`] for a bad address or unreadable TLS files.
     pub fn new(cfg: &ApiConfig) -> Result<Self, NomadApiError> {
-        let uri: http::Uri = cfg.address.parse().map_err(|e| NomadApiError::Config(format!("address {:?}: {e}", cfg.address)))?;
+        let uri: http::Uri = cfg
+            .address
+            .parse()
+            .map_err(|e| NomadApiError::Config(format!("address {:?}: {e}", cfg.address)))?;
         match uri.scheme_str() {
             Some("http" | "https") => {}
-            _ => return Err(NomadApiError::Config(format!("address {:?} must be http:// or https://", cfg.address))),
+            _ => {
+                return Err(NomadApiError::Config(format!(
+                    "address {:?} must be http:// or https://",
+                    cfg.address
+                )));
+            }
         }
         let mut roots = rustls::RootCertStore::empty();
         if let Some(ca) = &cfg.ca_cert {
             for cert in read_pem_certs(ca)? {
-                roots.add(cert).map_err(|e| NomadApiError::Config(format!("CA {}: {e}", ca.display())))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| NomadApiError::Config(format!("CA {}: {e}", ca.display())))?;
             }
         } else {
             let native = rustls_native_certs::load_native_certs();
@@ -202,22 +217,34 @@ impl NomadApi {
             (Some(cert), Some(key)) => {
                 use rustls_pki_types::pem::PemObject as _;
                 let certs = read_pem_certs(cert)?;
-                let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key)
-                    .map_err(|e| NomadApiError::Config(format!("client key {}: {e}", key.display())))?;
-                builder.with_client_auth_cert(certs, key).map_err(|e| NomadApiError::Config(format!("client certificate: {e}")))?
+                let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key).map_err(|e| {
+                    NomadApiError::Config(format!("client key {}: {e}", key.display()))
+                })?;
+                builder
+                    .with_client_auth_cert(certs, key)
+                    .map_err(|e| NomadApiError::Config(format!("client certificate: {e}")))?
             }
             (None, None) => builder.with_no_client_auth(),
-            _ => return Err(NomadApiError::Config("nomad_client_cert and nomad_client_key go together".into())),
+            _ => {
+                return Err(NomadApiError::Config(
+                    "nomad_client_cert and nomad_client_key go together".into(),
+                ));
+            }
         };
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(Duration::from_secs(3)));
-        let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http();
         let https = match &cfg.tls_server_name {
-            Some(name) => https.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(
-                rustls_pki_types::ServerName::try_from(name.clone())
-                    .map_err(|e| NomadApiError::Config(format!("tls server name {name:?}: {e}")))?,
-            )),
+            Some(name) => {
+                https.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(
+                    rustls_pki_types::ServerName::try_from(name.clone()).map_err(|e| {
+                        NomadApiError::Config(format!("tls server name {name:?}: {e}"))
+                    })?,
+                ))
+            }
             None => https,
         };
         let connector = https.enable_http1().wrap_connector(http);
@@ -234,7 +261,10 @@ impl NomadApi {
         &self.address
     }
 
-    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<Option<T>, NomadApiError> {
+    async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<Option<T>, NomadApiError> {
         let mut last = None;
         for attempt in 0..3u32 {
             if attempt > 0 {
@@ -242,17 +272,25 @@ impl NomadApi {
             }
             match self.get_once(path).await {
                 Ok(v) => return Ok(v),
-                Err(e @ (NomadApiError::Unreachable { .. } | NomadApiError::Timeout { .. })) => last = Some(e),
+                Err(e @ (NomadApiError::Unreachable { .. } | NomadApiError::Timeout { .. })) => {
+                    last = Some(e)
+                }
                 Err(NomadApiError::Status { status, path, body }) if status >= 500 => {
                     last = Some(NomadApiError::Status { status, path, body });
                 }
                 Err(e) => return Err(e),
             }
         }
-        Err(last.unwrap_or_else(|| NomadApiError::Unreachable { address: self.address.clone(), cause: "no attempt made".into() }))
+        Err(last.unwrap_or_else(|| NomadApiError::Unreachable {
+            address: self.address.clone(),
+            cause: "no attempt made".into(),
+        }))
     }
 
-    async fn get_once<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<Option<T>, NomadApiError> {
+    async fn get_once<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<Option<T>, NomadApiError> {
         let uri: http::Uri = format!("{}{path}", self.address)
             .parse()
             .map_err(|e| NomadApiError::Config(format!("{path}: {e}")))?;
@@ -260,30 +298,52 @@ impl NomadApi {
         if let Some(t) = &self.token {
             req = req.header("X-Nomad-Token", t);
         }
-        let req = req.body(Empty::new()).map_err(|e| NomadApiError::Config(e.to_string()))?;
+        let req = req
+            .body(Empty::new())
+            .map_err(|e| NomadApiError::Config(e.to_string()))?;
         let fut = async {
-            let resp = self.client.request(req).await.map_err(|e| NomadApiError::Unreachable {
-                address: self.address.clone(),
-                cause: error_chain(&e),
-            })?;
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| NomadApiError::Unreachable {
+                    address: self.address.clone(),
+                    cause: error_chain(&e),
+                })?;
             let status = resp.status().as_u16();
-            let body = resp.into_body().collect().await.map_err(|e| NomadApiError::Unreachable {
-                address: self.address.clone(),
-                cause: e.to_string(),
-            })?;
+            let body =
+                resp.into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| NomadApiError::Unreachable {
+                        address: self.address.clone(),
+                        cause: e.to_string(),
+                    })?;
             Ok::<_, NomadApiError>((status, body.to_bytes()))
         };
         let (status, body) = tokio::time::timeout(self.timeout, fut)
             .await
-            .map_err(|_| NomadApiError::Timeout { address: self.address.clone(), timeout: self.timeout })??;
+            .map_err(|_| NomadApiError::Timeout {
+                address: self.address.clone(),
+                timeout: self.timeout,
+            })??;
         if status == 404 {
             return Ok(None);
         }
         if status != 200 {
             let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
-            return Err(NomadApiError::Status { path: path.to_string(), status, body: text });
+            return Err(NomadApiError::Status {
+                path: path.to_string(),
+                status,
+                body: text,
+            });
         }
-        serde_json::from_slice(&body).map(Some).map_err(|e| NomadApiError::Decode { path: path.to_string(), cause: e.to_string() })
+        serde_json::from_slice(&body)
+            .map(Some)
+            .map_err(|e| NomadApiError::Decode {
+                path: path.to_string(),
+                cause: e.to_string(),
+            })
     }
 
     /// `GET /v1/allocation/:id`; `None` when Nomad does not know it.
@@ -301,14 +361,21 @@ impl NomadApi {
     /// [`NomadApiError`] when the API cannot answer.
     #[tracing::instrument(skip(self), fields(rpc.system = "http", rpc.service = "nomad", rpc.method = "GetJob"))]
     pub async fn job(&self, namespace: &str, job_id: &str) -> Result<Option<Job>, NomadApiError> {
-        self.get(&format!("/v1/job/{}?namespace={}", urlencode(job_id), urlencode(namespace))).await
+        self.get(&format!(
+            "/v1/job/{}?namespace={}",
+            urlencode(job_id),
+            urlencode(namespace)
+        ))
+        .await
     }
 }
 
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -345,21 +412,47 @@ mod tests {
 
     #[test]
     fn bad_addresses_and_half_mtls_are_config_errors() {
-        assert!(matches!(NomadApi::new(&ApiConfig { address: "ftp://x".into(), ..ApiConfig::default() }), Err(NomadApiError::Config(_))));
-        let half = ApiConfig { address: "https://127.0.0.1:4646".into(), client_cert: Some("/x".into()), ..ApiConfig::default() };
-        assert!(matches!(NomadApi::new(&half), Err(NomadApiError::Config(_))));
+        assert!(matches!(
+            NomadApi::new(&ApiConfig {
+                address: "ftp://x".into(),
+                ..ApiConfig::default()
+            }),
+            Err(NomadApiError::Config(_))
+        ));
+        let half = ApiConfig {
+            address: "https://127.0.0.1:4646".into(),
+            client_cert: Some("/x".into()),
+            ..ApiConfig::default()
+        };
+        assert!(matches!(
+            NomadApi::new(&half),
+            Err(NomadApiError::Config(_))
+        ));
     }
 
     #[test]
     fn the_token_is_not_in_debug_output() {
-        let api = NomadApi::new(&ApiConfig { address: "http://127.0.0.1:1".into(), token: Some("s3cr3t".into()), ..ApiConfig::default() }).unwrap();
+        let api = NomadApi::new(&ApiConfig {
+            address: "http://127.0.0.1:1".into(),
+            token: Some("s3cr3t".into()),
+            ..ApiConfig::default()
+        })
+        .unwrap();
         assert!(!format!("{api:?}").contains("s3cr3t"));
     }
 
     #[tokio::test]
     async fn an_unreachable_api_is_reported_with_its_address() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let api = NomadApi::new(&ApiConfig { address: format!("http://127.0.0.1:{port}"), ..ApiConfig::default() }).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let api = NomadApi::new(&ApiConfig {
+            address: format!("http://127.0.0.1:{port}"),
+            ..ApiConfig::default()
+        })
+        .unwrap();
         let err = api.allocation("a1").await.unwrap_err();
         assert!(matches!(err, NomadApiError::Unreachable { .. }), "{err}");
         assert!(err.to_string().contains(&port.to_string()));

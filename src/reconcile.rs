@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::{Mutex, broadcast, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::config::Settings;
 use crate::ecs::{Ecs, EcsError, RunOutcome, RunSpec, StopOutcome};
@@ -22,6 +23,7 @@ use crate::nomad::NomadApi;
 use crate::store::record::{Desired, ExitRecord, StartError, TaskRecord};
 use crate::store::{Store, StoreError};
 use crate::task_config::{LaunchType, VpcConfig};
+use crate::telemetry::TraceParent;
 use plan::{Observed, Policy, Step};
 
 /// Tag keys of the ownership record on every ECS task we start.
@@ -164,10 +166,22 @@ impl Hub {
 #[derive(Clone)]
 pub struct Handle {
     hub: Arc<Hub>,
-    trigger: mpsc::UnboundedSender<String>,
+    trigger: mpsc::UnboundedSender<Trigger>,
     ecs: Arc<Mutex<Ecs>>,
     nomad: Arc<Mutex<Option<NomadApi>>>,
     pass_stats: Arc<std::sync::Mutex<PassStats>>,
+}
+
+/// A request for a pass over one task: its ID and the trace context of the
+/// caller (the RPC), under which the task's steps then run.
+type Trigger = (String, TraceParent);
+
+/// Why a task is in a triggered pass's scope: the trace its steps join, and
+/// since when the pass is due (for the lag metric).
+#[derive(Clone, Debug)]
+struct Due {
+    parent: TraceParent,
+    since: Instant,
 }
 
 /// Figures of the last full pass.
@@ -187,9 +201,12 @@ impl Handle {
         &self.hub
     }
 
-    /// Ask for a pass over one task soon.
+    /// Ask for a pass over one task soon. The task's steps in that pass
+    /// (and its quick follow-ups) join the caller's trace.
     pub fn trigger(&self, task_id: &str) {
-        let _ = self.trigger.send(task_id.to_string());
+        let _ = self
+            .trigger
+            .send((task_id.to_string(), crate::telemetry::current_context()));
     }
 
     /// Use a new ECS client (after a config change).
@@ -264,8 +281,8 @@ pub struct Reconciler {
     nomad: Arc<Mutex<Option<NomadApi>>>,
     settings: Settings,
     policy: Policy,
-    triggers: mpsc::UnboundedReceiver<String>,
-    self_trigger: mpsc::UnboundedSender<String>,
+    triggers: mpsc::UnboundedReceiver<Trigger>,
+    self_trigger: mpsc::UnboundedSender<Trigger>,
     pass_stats: Arc<std::sync::Mutex<PassStats>>,
 }
 
@@ -317,16 +334,27 @@ impl Reconciler {
             shutdown.clone(),
         ));
         let mut next_full = Instant::now();
-        let mut followups: HashMap<String, (Instant, Duration)> = HashMap::new();
+        // Follow-ups keep the trace of the trigger that started them.
+        let mut followups: HashMap<String, (Instant, Duration, TraceParent)> = HashMap::new();
         loop {
-            let next_followup = followups.values().map(|(t, _)| *t).min();
+            let next_followup = followups.values().map(|(t, _, _)| *t).min();
             let wake = next_followup.map_or(next_full, |t| t.min(next_full));
-            let mut scope: HashSet<String> = HashSet::new();
+            let mut scope: HashMap<String, Due> = HashMap::new();
             let mut full = false;
+            let add = |scope: &mut HashMap<String, Due>, (id, parent): Trigger, since: Instant| {
+                let due = scope.entry(id).or_insert(Due {
+                    parent: TraceParent::none(),
+                    since,
+                });
+                if !due.parent.is_some() {
+                    due.parent = parent;
+                }
+                due.since = due.since.min(since);
+            };
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                id = self.triggers.recv() => match id {
-                    Some(id) => { scope.insert(id); }
+                t = self.triggers.recv() => match t {
+                    Some(t) => add(&mut scope, t, Instant::now()),
                     None => return,
                 },
                 () = tokio::time::sleep_until(wake) => {
@@ -334,22 +362,28 @@ impl Reconciler {
                     if now >= next_full {
                         full = true;
                     }
-                    for (id, (t, _)) in &followups {
+                    for (id, (t, _, parent)) in &followups {
                         if *t <= now {
-                            scope.insert(id.clone());
+                            add(&mut scope, (id.clone(), parent.clone()), *t);
                         }
                     }
                 }
             }
-            while let Ok(id) = self.triggers.try_recv() {
-                scope.insert(id);
+            while let Ok(t) = self.triggers.try_recv() {
+                add(&mut scope, t, Instant::now());
             }
             let touched = if full {
-                let touched = self.pass(None).await;
+                let lag = Instant::now().saturating_duration_since(next_full);
+                let touched = self.pass_traced(None, &scope, lag).await;
                 next_full = Instant::now() + self.period(touched.len());
                 touched
             } else {
-                self.pass(Some(&scope)).await
+                let since = scope.values().map(|d| d.since).min();
+                let lag = since.map_or(Duration::ZERO, |s| {
+                    Instant::now().saturating_duration_since(s)
+                });
+                let ids: HashSet<String> = scope.keys().cloned().collect();
+                self.pass_traced(Some(&ids), &scope, lag).await
             };
             // Tasks in transition get quick follow-up passes (1 s doubling to
             // the reconcile interval); settled ones drop out.
@@ -357,19 +391,23 @@ impl Reconciler {
                 if settled {
                     followups.remove(&id);
                 } else {
-                    let backoff = followups
-                        .get(&id)
-                        .map_or(Duration::from_millis(500), |(_, b)| {
-                            (*b * 2).min(self.settings.reconcile_interval)
-                        });
-                    followups.insert(id, (Instant::now() + backoff, backoff));
+                    let (backoff, parent) = followups.get(&id).map_or_else(
+                        || {
+                            let parent =
+                                scope.get(&id).map(|d| d.parent.clone()).unwrap_or_default();
+                            (Duration::from_millis(500), parent)
+                        },
+                        |(_, b, p)| ((*b * 2).min(self.settings.reconcile_interval), p.clone()),
+                    );
+                    followups.insert(id, (Instant::now() + backoff, backoff, parent));
                 }
             }
-            for id in scope {
+            for (id, due) in scope {
                 followups.entry(id).or_insert_with(|| {
                     (
                         Instant::now() + Duration::from_millis(500),
                         Duration::from_millis(500),
+                        due.parent,
                     )
                 });
             }
@@ -391,8 +429,25 @@ impl Reconciler {
 
     /// One pass over `scope` (or everything). Returns the task IDs it looked
     /// at and whether each is settled.
-    #[tracing::instrument(skip_all, fields(reconcile.full = scope.is_none(), reconcile.tasks, reconcile.steps, reconcile.calls))]
     pub async fn pass(&mut self, scope: Option<&HashSet<String>>) -> Vec<(String, bool)> {
+        self.pass_traced(scope, &HashMap::new(), Duration::ZERO)
+            .await
+    }
+
+    /// [`Self::pass`], with each task's steps under the trace of the RPC
+    /// that triggered it (`due`), and `lag` (how late the pass is) for the
+    /// metrics.
+    #[tracing::instrument(name = "reconcile.pass", skip_all, fields(reconcile.full = scope.is_none(), reconcile.tasks, reconcile.steps, reconcile.calls))]
+    async fn pass_traced(
+        &mut self,
+        scope: Option<&HashSet<String>>,
+        due: &HashMap<String, Due>,
+        lag: Duration,
+    ) -> Vec<(String, bool)> {
+        let started = Instant::now();
+        for d in due.values() {
+            crate::telemetry::link(&tracing::Span::current(), &d.parent);
+        }
         let ecs = self.ecs.lock().await.clone();
         let calls_before = ecs.calls().total();
         let records: Vec<TaskRecord> = match scope {
@@ -412,12 +467,36 @@ impl Reconciler {
         let now = now_ms();
         let steps = plan::plan(&records, &observed, now, &self.policy);
         let n_steps = steps.len();
+        let touched: HashSet<String> = steps.iter().map(|s| s.task_id().to_string()).collect();
         for step in steps {
-            if let Err(e) = self.apply(&ecs, step).await {
+            let parent = due
+                .get(step.task_id())
+                .map(|d| d.parent.clone())
+                .unwrap_or_default();
+            let span = crate::telemetry::child_span(&parent, step.span_name());
+            span.record("nomad.task.id", step.task_id());
+            if let Some(rec) = records.iter().find(|r| r.task_id == step.task_id()) {
+                span.record("nomad.alloc.id", rec.alloc_id.as_str());
+                if let Some(arn) = &rec.arn {
+                    span.record("aws.ecs.task.arn", arn.as_str());
+                }
+            }
+            if let Err(e) = self.apply(&ecs, step).instrument(span).await {
                 tracing::error!(error = %e, "applying a reconcile step failed");
             }
         }
         let calls = ecs.calls().total() - calls_before;
+        crate::telemetry::record_pass(
+            scope.is_none(),
+            records.len(),
+            calls,
+            n_steps,
+            started.elapsed(),
+            lag,
+        );
+        if scope.is_none() {
+            record_task_states(&records, &observed);
+        }
         let span = tracing::Span::current();
         span.record("reconcile.tasks", records.len());
         span.record("reconcile.steps", n_steps);
@@ -440,8 +519,19 @@ impl Reconciler {
         records
             .iter()
             .map(|r| {
-                let fresh = self.hub.store.get(&r.task_id).ok().flatten();
-                (r.task_id.clone(), fresh.as_ref().is_none_or(settled))
+                // Only records a step changed need reading back.
+                let is_settled = if touched.contains(&r.task_id) {
+                    self.hub
+                        .store
+                        .get(&r.task_id)
+                        .ok()
+                        .flatten()
+                        .as_ref()
+                        .is_none_or(settled)
+                } else {
+                    settled(r)
+                };
+                (r.task_id.clone(), is_settled)
             })
             .collect()
     }
@@ -459,6 +549,9 @@ impl Reconciler {
                 match ecs.run_task(&run_spec(&rec)).await {
                     Ok(RunOutcome::Started(task)) => {
                         let now = now_ms();
+                        if task.last_status == "RUNNING" {
+                            crate::telemetry::record_start_latency(since_ms(rec.created_ms, now));
+                        }
                         rec.arn = Some(task.arn.clone());
                         rec.started_ms = Some(now);
                         rec.last_error = None;
@@ -493,7 +586,9 @@ impl Reconciler {
                         tracing::info!(nomad.task.id = %rec.task_id, aws.ecs.task.arn = %arn, "found the ECS task of an interrupted RunTask");
                         rec.arn = Some(arn);
                         self.hub.put(&rec)?;
-                        let _ = self.self_trigger.send(task_id);
+                        let _ = self
+                            .self_trigger
+                            .send((task_id, crate::telemetry::current_context()));
                     }
                     Ok(None) => {
                         if rec.desired == Desired::Destroyed {
@@ -522,6 +617,15 @@ impl Reconciler {
                 let Some(mut rec) = load(&task_id)? else {
                     return Ok(());
                 };
+                let was = rec.observed.as_ref().map(|o| o.last_status.as_str());
+                // The first RUNNING of a task this driver started (a
+                // recovered record's start predates its record).
+                if observation.last_status == "RUNNING"
+                    && was != Some("RUNNING")
+                    && rec.started_ms.is_some_and(|s| s >= rec.created_ms)
+                {
+                    crate::telemetry::record_start_latency(since_ms(rec.created_ms, now_ms()));
+                }
                 rec.observed = Some(observation);
                 rec.updated_ms = now_ms();
                 self.hub.put(&rec)?;
@@ -537,6 +641,9 @@ impl Reconciler {
                     Some(err) => format!("ECS task exited with code {}: {err}", exit.exit_code),
                     None => format!("ECS task exited with code {}", exit.exit_code),
                 };
+                if let Some(asked) = rec.stop_requested_ms {
+                    crate::telemetry::record_stop_latency(since_ms(asked, now_ms()));
+                }
                 rec.exit = Some(exit);
                 rec.updated_ms = now_ms();
                 self.hub.put(&rec)?;
@@ -561,7 +668,9 @@ impl Reconciler {
                             &rec,
                             format!("ECS task stop requested ({})", task.last_status),
                         );
-                        let _ = self.self_trigger.send(task_id);
+                        let _ = self
+                            .self_trigger
+                            .send((task_id, crate::telemetry::current_context()));
                     }
                     Ok(StopOutcome::NotFound) => {
                         if rec.exit.is_none() {
@@ -589,11 +698,28 @@ impl Reconciler {
             }
             Step::Forget { task_id } => self.hub.forget(&task_id)?,
             Step::LetGo { task_id, owner } => {
-                let Some(mut rec) = load(&task_id)? else { return Ok(()) };
-                let who = owner.map_or_else(|| "its tags name no owner we know".to_string(), |o| format!("allocation {o} owns it now"));
-                self.hub.emit(&rec, format!("letting go of ECS task {} without stopping it: {who}", rec.arn.as_deref().unwrap_or("")));
+                let Some(mut rec) = load(&task_id)? else {
+                    return Ok(());
+                };
+                let who = owner.map_or_else(
+                    || "its tags name no owner we know".to_string(),
+                    |o| format!("allocation {o} owns it now"),
+                );
+                self.hub.emit(
+                    &rec,
+                    format!(
+                        "letting go of ECS task {} without stopping it: {who}",
+                        rec.arn.as_deref().unwrap_or("")
+                    ),
+                );
                 if rec.exit.is_none() {
-                    rec.exit = Some(ExitRecord { exit_code: 0, signal: 0, oom_killed: false, err: None, at_ms: now_ms() });
+                    rec.exit = Some(ExitRecord {
+                        exit_code: 0,
+                        signal: 0,
+                        oom_killed: false,
+                        err: None,
+                        at_ms: now_ms(),
+                    });
                 }
                 if matches!(rec.desired, Desired::Destroyed | Desired::HandedOff { .. }) {
                     self.hub.forget(&task_id)?;
@@ -603,18 +729,27 @@ impl Reconciler {
                 }
             }
             Step::CheckHandOff { task_id } => {
-                let Some(mut rec) = load(&task_id)? else { return Ok(()) };
-                let Desired::HandedOff { since_ms } = rec.desired else { return Ok(()) };
+                let Some(mut rec) = load(&task_id)? else {
+                    return Ok(());
+                };
+                let Desired::HandedOff { since_ms } = rec.desired else {
+                    return Ok(());
+                };
                 let nomad = self.nomad.lock().await.clone();
-                if let Some(reason) = handoff_verdict(nomad.as_ref(), &rec, since_ms, self.settings.handoff_grace).await {
+                if let Some(reason) =
+                    handoff_verdict(nomad.as_ref(), &rec, since_ms, self.settings.handoff_grace)
+                        .await
+                {
                     tracing::info!(nomad.task.id = %task_id, aws.ecs.task.arn = rec.arn.as_deref().unwrap_or(""), reason = %reason, "stopping a handed-off ECS task");
-                    self.hub.emit(&rec, format!("stopping handed-off ECS task: {reason}"));
+                    self.hub
+                        .emit(&rec, format!("stopping handed-off ECS task: {reason}"));
                     rec.desired = Desired::Destroyed;
                     self.hub.put(&rec)?;
-                    let _ = self.self_trigger.send(task_id);
+                    let _ = self
+                        .self_trigger
+                        .send((task_id, crate::telemetry::current_context()));
                 }
             }
-
         }
         Ok(())
     }
@@ -650,7 +785,10 @@ async fn sweep_loop(
     settings: Settings,
     shutdown: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval_at(Instant::now() + settings.orphan_sweep_interval, settings.orphan_sweep_interval);
+    let mut tick = tokio::time::interval_at(
+        Instant::now() + settings.orphan_sweep_interval,
+        settings.orphan_sweep_interval,
+    );
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -673,7 +811,12 @@ async fn sweep_loop(
 ///
 /// # Errors
 /// The first ECS failure.
-pub async fn sweep(hub: &Hub, ecs: &Ecs, api: &NomadApi, settings: &Settings) -> Result<usize, EcsError> {
+pub async fn sweep(
+    hub: &Hub,
+    ecs: &Ecs,
+    api: &NomadApi,
+    settings: &Settings,
+) -> Result<usize, EcsError> {
     let known: HashSet<String> = hub
         .store()
         .list()
@@ -690,21 +833,32 @@ pub async fn sweep(hub: &Hub, ecs: &Ecs, api: &NomadApi, settings: &Settings) ->
         if t.tags.get(TAG_DRIVER).map(String::as_str) != Some(DRIVER_ID) || t.is_stopped() {
             continue; // not ours: never touched
         }
-        let Some(owner) = t.tags.get(TAG_ALLOC_ID) else { continue };
+        let Some(owner) = t.tags.get(TAG_ALLOC_ID) else {
+            continue;
+        };
         let verdict = match api.allocation(owner).await {
             Ok(None) => Some(format!("allocation {owner} is gone from Nomad")),
             Ok(Some(a)) if a.job.as_ref().is_some_and(|j| j.stop) && a.desired_status != "run" => {
-                Some(format!("job {} of allocation {owner} was stopped", a.job_id))
+                Some(format!(
+                    "job {} of allocation {owner} was stopped",
+                    a.job_id
+                ))
             }
             Ok(Some(a)) if a.is_terminal() || a.desired_status == "stop" => {
-                let age = Duration::from_millis(now_ms().saturating_sub(u64::try_from(a.modify_time / 1_000_000).unwrap_or(0)));
+                let age = Duration::from_millis(
+                    now_ms().saturating_sub(u64::try_from(a.modify_time / 1_000_000).unwrap_or(0)),
+                );
                 let replacement_live = if a.next_allocation.is_empty() {
                     false
                 } else {
                     matches!(api.allocation(&a.next_allocation).await, Ok(Some(n)) if !n.is_terminal() && n.desired_status == "run")
                 };
-                (!replacement_live && age >= settings.handoff_grace)
-                    .then(|| format!("allocation {owner} is {} and no allocation adopted the task", a.client_status))
+                (!replacement_live && age >= settings.handoff_grace).then(|| {
+                    format!(
+                        "allocation {owner} is {} and no allocation adopted the task",
+                        a.client_status
+                    )
+                })
             }
             Ok(Some(_)) => None,
             Err(e) => {
@@ -713,13 +867,20 @@ pub async fn sweep(hub: &Hub, ecs: &Ecs, api: &NomadApi, settings: &Settings) ->
             }
         };
         match verdict {
-            None => tracing::debug!(aws.ecs.task.arn = %t.arn, owner = %owner, "orphan sweep: keeping a task a live allocation owns"),
+            None => {
+                tracing::debug!(aws.ecs.task.arn = %t.arn, owner = %owner, "orphan sweep: keeping a task a live allocation owns")
+            }
             Some(reason) => {
                 tracing::info!(aws.ecs.task.arn = %t.arn, reason = %reason, "orphan sweep: stopping an orphaned ECS task");
-                let r = truncate(&format!("Stopped by nomad-driver-ecs orphan sweep: {reason}"), 255);
+                let r = truncate(
+                    &format!("Stopped by nomad-driver-ecs orphan sweep: {reason}"),
+                    255,
+                );
                 match ecs.stop_task(&settings.cluster, &t.arn, &r).await {
                     Ok(_) => stopped += 1,
-                    Err(e) => tracing::warn!(error = %e, aws.ecs.task.arn = %t.arn, "orphan sweep: StopTask failed"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, aws.ecs.task.arn = %t.arn, "orphan sweep: StopTask failed")
+                    }
                 }
             }
         }
@@ -729,18 +890,26 @@ pub async fn sweep(hub: &Hub, ecs: &Ecs, api: &NomadApi, settings: &Settings) ->
 
 /// Why a handed-off task should now be stopped, or `None` to keep waiting
 /// for its replacement. Without the Nomad API only the grace period decides.
-async fn handoff_verdict(nomad: Option<&NomadApi>, rec: &TaskRecord, since_ms: u64, grace: Duration) -> Option<String> {
+async fn handoff_verdict(
+    nomad: Option<&NomadApi>,
+    rec: &TaskRecord,
+    since_ms: u64,
+    grace: Duration,
+) -> Option<String> {
     let waited = Duration::from_millis(now_ms().saturating_sub(since_ms));
     let late = waited >= grace;
     let Some(api) = nomad else {
-        return late.then(|| format!("no allocation adopted it within {grace:?} (no Nomad API to ask)"));
+        return late
+            .then(|| format!("no allocation adopted it within {grace:?} (no Nomad API to ask)"));
     };
     let alloc = match api.allocation(&rec.alloc_id).await {
         Ok(Some(a)) => a,
         Ok(None) => return Some(format!("allocation {} is gone from Nomad", rec.alloc_id)),
         Err(e) => {
             tracing::warn!(error = %e, "Nomad API unavailable while watching a hand-off");
-            return late.then(|| format!("no allocation adopted it within {grace:?} (Nomad API unavailable: {e})"));
+            return late.then(|| {
+                format!("no allocation adopted it within {grace:?} (Nomad API unavailable: {e})")
+            });
         }
     };
     if alloc.job.as_ref().is_some_and(|j| j.stop) {
@@ -755,9 +924,49 @@ async fn handoff_verdict(nomad: Option<&NomadApi>, rec: &TaskRecord, since_ms: u
         return None;
     }
     if alloc.next_allocation.is_empty() {
-        return Some(format!("no replacement allocation was placed within {grace:?}"));
+        return Some(format!(
+            "no replacement allocation was placed within {grace:?}"
+        ));
     }
-    Some(format!("replacement allocation {} did not adopt it within {grace:?}", alloc.next_allocation))
+    Some(format!(
+        "replacement allocation {} did not adopt it within {grace:?}",
+        alloc.next_allocation
+    ))
+}
+
+/// The time from `from_ms` to `to_ms` (zero if the clock went back).
+fn since_ms(from_ms: u64, to_ms: u64) -> Duration {
+    Duration::from_millis(to_ms.saturating_sub(from_ms))
+}
+
+/// Report the tasks by desired state and by what ECS said in this pass.
+fn record_task_states(records: &[TaskRecord], observed: &HashMap<String, Observed>) {
+    let mut counts: BTreeMap<(&str, String), u64> = BTreeMap::new();
+    for r in records {
+        let desired = match r.desired {
+            Desired::Running => "running",
+            Desired::Stopping { .. } => "stopping",
+            Desired::Detached => "detached",
+            Desired::HandedOff { .. } => "handed_off",
+            Desired::Destroyed => "destroyed",
+        };
+        let seen = match r.arn.as_ref().and_then(|a| observed.get(a)) {
+            Some(Observed::Found(t)) => t.last_status.clone(),
+            Some(Observed::Missing) => "MISSING".to_string(),
+            None if r.exit.is_some() => "EXITED".to_string(),
+            None if r.arn.is_none() => "NONE".to_string(),
+            None => r
+                .observed
+                .as_ref()
+                .map_or_else(|| "UNKNOWN".to_string(), |o| o.last_status.clone()),
+        };
+        *counts.entry((desired, seen)).or_insert(0) += 1;
+    }
+    let rows: Vec<(&str, &str, u64)> = counts
+        .iter()
+        .map(|((d, o), n)| (*d, o.as_str(), *n))
+        .collect();
+    crate::telemetry::record_task_states(&rows);
 }
 
 /// Whether a record needs no quick follow-up.
@@ -783,7 +992,8 @@ async fn observe(ecs: &Ecs, records: &[TaskRecord]) -> HashMap<String, Observed>
     let mut by_cluster: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for r in records {
         let wanted = r.desired != Desired::Detached
-            && (r.exit.is_none() || matches!(r.desired, Desired::Destroyed | Desired::HandedOff { .. }));
+            && (r.exit.is_none()
+                || matches!(r.desired, Desired::Destroyed | Desired::HandedOff { .. }));
         if let (Some(arn), true) = (&r.arn, wanted) {
             by_cluster
                 .entry(r.cluster.as_str())

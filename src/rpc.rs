@@ -89,7 +89,9 @@ impl BasePlugin for BaseService {
                     .decode(&value)
                     .map_err(DriverError::ConfigShape)?
             };
-            if req.nomad_config.is_some() && let Ok(settings) = crate::config::load(Some(block.clone())) {
+            if req.nomad_config.is_some()
+                && let Ok(settings) = crate::config::load(Some(block.clone()))
+            {
                 crate::telemetry::configure(&settings);
             }
             self.driver

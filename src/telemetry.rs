@@ -16,8 +16,8 @@
 //! * **Failure**: exporters are built lazily (no connection is made before
 //!   the first export) and run off the RPC path; a collector that is down
 //!   costs dropped telemetry and one warning every five minutes, never a
-//!   slower RPC ([`export`]). The SDK's own diagnostics are compiled out (no
-//!   `internal-logs` feature).
+//!   slower RPC (see `telemetry/export.rs`). The SDK's own diagnostics
+//!   are compiled out (no `internal-logs` feature).
 //! * **Exit**: [`shutdown`] flushes both pipelines, bounded by a timeout that
 //!   fits go-plugin's 2 s kill grace.
 

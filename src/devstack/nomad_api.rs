@@ -118,7 +118,10 @@ impl NomadApiServer {
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
-        let mut s = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         f(&mut s)
     }
 
@@ -139,27 +142,37 @@ impl NomadApiServer {
     /// `nomad node drain`: the allocation is migrated to `replacement`
     /// (placed at once when given).
     pub fn drain(&self, alloc: &str, replacement: Option<&str>) {
-        let job = self.with(|s| s.allocs.get(alloc).map(|a| a.job_id.clone())).unwrap_or_default();
+        let job = self
+            .with(|s| s.allocs.get(alloc).map(|a| a.job_id.clone()))
+            .unwrap_or_default();
         self.update_alloc(alloc, |a| {
             a.migrate = true;
             a.desired_status = "stop".into();
             a.next = replacement.unwrap_or_default().into();
         });
         if let Some(r) = replacement {
-            self.put_alloc(AllocState { previous: alloc.into(), ..AllocState::running(r, &job) });
+            self.put_alloc(AllocState {
+                previous: alloc.into(),
+                ..AllocState::running(r, &job)
+            });
         }
     }
 
     /// The node of `alloc` is marked down: the allocation is lost and
     /// replaced by `replacement`.
     pub fn lose_node(&self, alloc: &str, replacement: &str) {
-        let job = self.with(|s| s.allocs.get(alloc).map(|a| a.job_id.clone())).unwrap_or_default();
+        let job = self
+            .with(|s| s.allocs.get(alloc).map(|a| a.job_id.clone()))
+            .unwrap_or_default();
         self.update_alloc(alloc, |a| {
             a.client_status = "lost".into();
             a.desired_status = "stop".into();
             a.next = replacement.into();
         });
-        self.put_alloc(AllocState { previous: alloc.into(), ..AllocState::running(replacement, &job) });
+        self.put_alloc(AllocState {
+            previous: alloc.into(),
+            ..AllocState::running(replacement, &job)
+        });
     }
 
     /// `nomad job stop`.
@@ -206,28 +219,49 @@ fn alloc_json(a: &AllocState, job_stopped: bool) -> Value {
     })
 }
 
-fn answer(state: &Arc<Mutex<State>>, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
-    let mut s = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+fn answer(
+    state: &Arc<Mutex<State>>,
+    req: &Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
+    let mut s = state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     s.requests += 1;
     let reply = |status: StatusCode, body: String| {
-        Response::builder().status(status).header("content-type", "application/json").body(Full::new(Bytes::from(body))).unwrap_or_default()
+        Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap_or_default()
     };
     if s.outage {
-        return reply(StatusCode::INTERNAL_SERVER_ERROR, "rpc error: No cluster leader".into());
+        return reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "rpc error: No cluster leader".into(),
+        );
     }
     let path = req.uri().path();
     if let Some(id) = path.strip_prefix("/v1/allocation/") {
         return match s.allocs.get(id) {
-            Some(a) => reply(StatusCode::OK, alloc_json(a, s.stopped_jobs.contains_key(&a.job_id)).to_string()),
+            Some(a) => reply(
+                StatusCode::OK,
+                alloc_json(a, s.stopped_jobs.contains_key(&a.job_id)).to_string(),
+            ),
             None => reply(StatusCode::NOT_FOUND, "alloc not found".into()),
         };
     }
     if let Some(id) = path.strip_prefix("/v1/job/") {
-        if s.purged_jobs.iter().any(|j| j == id) || !s.allocs.values().any(|a| a.job_id == id) && !s.stopped_jobs.contains_key(id) {
+        if s.purged_jobs.iter().any(|j| j == id)
+            || !s.allocs.values().any(|a| a.job_id == id) && !s.stopped_jobs.contains_key(id)
+        {
             return reply(StatusCode::NOT_FOUND, "job not found".into());
         }
         let stopped = s.stopped_jobs.contains_key(id);
-        return reply(StatusCode::OK, json!({"ID": id, "Stop": stopped, "Status": if stopped { "dead" } else { "running" }}).to_string());
+        return reply(
+            StatusCode::OK,
+            json!({"ID": id, "Stop": stopped, "Status": if stopped { "dead" } else { "running" }})
+                .to_string(),
+        );
     }
     reply(StatusCode::NOT_FOUND, "Invalid URL".into())
 }

@@ -188,7 +188,10 @@ impl Driver {
                 rec.run_requested_ms = Some(now);
                 rec.started_ms = Some(now);
                 hub.put(&rec).map_err(store_err)?;
-                hub.emit(&rec, format!("adopted ECS task {arn} from allocation {prev}"));
+                hub.emit(
+                    &rec,
+                    format!("adopted ECS task {arn} from allocation {prev}"),
+                );
             } else {
                 // Intent first: durable before RunTask is ever sent.
                 hub.put(&rec).map_err(store_err)?;
@@ -298,9 +301,19 @@ impl Driver {
             if let Some(api) = nomad {
                 match api.allocation(&rec.alloc_id).await {
                     Ok(Some(a)) if a.is_migrating() || a.is_lost() => {
-                        let why = if a.is_lost() { "its node was lost" } else { "a drain migrates it" };
+                        let why = if a.is_lost() {
+                            "its node was lost"
+                        } else {
+                            "a drain migrates it"
+                        };
                         rec.desired = Desired::HandedOff { since_ms: now_ms() };
-                        rec.exit = Some(ExitRecord { exit_code: 0, signal: 0, oom_killed: false, err: None, at_ms: now_ms() });
+                        rec.exit = Some(ExitRecord {
+                            exit_code: 0,
+                            signal: 0,
+                            oom_killed: false,
+                            err: None,
+                            at_ms: now_ms(),
+                        });
                         hub.put(&rec).map_err(store_err)?;
                         hub.emit(
                             &rec,
@@ -524,13 +537,18 @@ impl Driver {
         conf: &super::Configured,
         rec: &TaskRecord,
     ) -> Result<Option<(String, String)>, DriverError> {
-        let Some(api) = conf.nomad.as_ref() else { return Ok(None) };
+        let Some(api) = conf.nomad.as_ref() else {
+            return Ok(None);
+        };
         let alloc = match api.allocation(&rec.alloc_id).await {
             Ok(Some(a)) => a,
             Ok(None) => return Ok(None),
             Err(e) => {
                 tracing::warn!(error = %e, "Nomad API unavailable; starting a new ECS task without checking for one to adopt");
-                rt.reconciler.hub().emit(rec, format!("Nomad API unavailable ({e}); not checking for an ECS task to adopt"));
+                rt.reconciler.hub().emit(
+                    rec,
+                    format!("Nomad API unavailable ({e}); not checking for an ECS task to adopt"),
+                );
                 return Ok(None);
             }
         };
@@ -549,24 +567,41 @@ impl Driver {
             return Ok(None);
         }
         let ecs = rt.reconciler.ecs().await;
-        let candidates = match ecs.list_started_by(&rec.cluster, &rec.slot.started_by()).await {
+        let candidates = match ecs
+            .list_started_by(&rec.cluster, &rec.slot.started_by())
+            .await
+        {
             Ok(arns) if !arns.is_empty() => match ecs.describe_tasks(&rec.cluster, &arns).await {
                 Ok((tasks, _)) => tasks,
-                Err(e) => return Err(DriverError::StartFailed { message: format!("looking for the ECS task to adopt: {e}"), recoverable: true }),
+                Err(e) => {
+                    return Err(DriverError::StartFailed {
+                        message: format!("looking for the ECS task to adopt: {e}"),
+                        recoverable: true,
+                    });
+                }
             },
             Ok(_) => Vec::new(),
-            Err(e) => return Err(DriverError::StartFailed { message: format!("looking for the ECS task to adopt: {e}"), recoverable: true }),
+            Err(e) => {
+                return Err(DriverError::StartFailed {
+                    message: format!("looking for the ECS task to adopt: {e}"),
+                    recoverable: true,
+                });
+            }
         };
         let Some(task) = candidates.into_iter().find(|t| {
             !t.is_stopped()
-                && t.tags.get(reconcile::TAG_DRIVER).map(String::as_str) == Some(reconcile::DRIVER_ID)
+                && t.tags.get(reconcile::TAG_DRIVER).map(String::as_str)
+                    == Some(reconcile::DRIVER_ID)
                 && t.tags.get(reconcile::TAG_ALLOC_ID) == Some(&prev.id)
         }) else {
             return Ok(None);
         };
         ecs.tag_task(&task.arn, &reconcile::ownership_tags(rec, &rec.alloc_id))
             .await
-            .map_err(|e| DriverError::StartFailed { message: format!("adopting {}: {e}", task.arn), recoverable: true })?;
+            .map_err(|e| DriverError::StartFailed {
+                message: format!("adopting {}: {e}", task.arn),
+                recoverable: true,
+            })?;
         tracing::info!(aws.ecs.task.arn = %task.arn, from = %prev.id, to = %rec.alloc_id, "adopted the ECS task of a lost or drained allocation");
         Ok(Some((task.arn, prev.id)))
     }

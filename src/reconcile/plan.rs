@@ -108,6 +108,36 @@ pub enum Step {
     },
 }
 
+impl Step {
+    /// The record the step is about.
+    pub fn task_id(&self) -> &str {
+        match self {
+            Self::Run { task_id }
+            | Self::Resolve { task_id }
+            | Self::Observe { task_id, .. }
+            | Self::Exit { task_id, .. }
+            | Self::Stop { task_id, .. }
+            | Self::LetGo { task_id, .. }
+            | Self::CheckHandOff { task_id }
+            | Self::Forget { task_id } => task_id,
+        }
+    }
+
+    /// The step's span name (`task.<verb>`).
+    pub fn span_name(&self) -> &'static str {
+        match self {
+            Self::Run { .. } => "task.run",
+            Self::Resolve { .. } => "task.resolve",
+            Self::Observe { .. } => "task.observe",
+            Self::Exit { .. } => "task.exit",
+            Self::Stop { .. } => "task.stop",
+            Self::LetGo { .. } => "task.let_go",
+            Self::CheckHandOff { .. } => "task.check_hand_off",
+            Self::Forget { .. } => "task.forget",
+        }
+    }
+}
+
 /// Compute the steps that move ECS towards the records. `observed` holds
 /// what this pass saw, keyed by ARN; ARNs absent from it were not queried.
 pub fn plan(
@@ -192,22 +222,32 @@ fn plan_one(
                 // Ownership: only a task that carries our tags and names this
                 // allocation as its owner is ever stopped.
                 let owner = task.tags.get(super::TAG_ALLOC_ID);
-                let ours = task.tags.get(super::TAG_DRIVER).map(String::as_str) == Some(super::DRIVER_ID)
+                let ours = task.tags.get(super::TAG_DRIVER).map(String::as_str)
+                    == Some(super::DRIVER_ID)
                     && owner.is_some_and(|a| a == &rec.alloc_id);
                 match rec.desired {
                     Desired::Stopping { .. } | Desired::Destroyed if !ours => {
-                        steps.push(Step::LetGo { task_id: id(), owner: owner.cloned() });
+                        steps.push(Step::LetGo {
+                            task_id: id(),
+                            owner: owner.cloned(),
+                        });
                     }
                     Desired::Stopping { .. } | Desired::Destroyed => {
                         let due = rec
                             .stop_requested_ms
                             .is_none_or(|t| now_ms.saturating_sub(t) >= policy.stop_retry_ms);
                         if due {
-                            steps.push(Step::Stop { task_id: id(), arn: arn.to_string() });
+                            steps.push(Step::Stop {
+                                task_id: id(),
+                                arn: arn.to_string(),
+                            });
                         }
                     }
                     Desired::HandedOff { .. } if !ours && owner.is_some() => {
-                        steps.push(Step::LetGo { task_id: id(), owner: owner.cloned() });
+                        steps.push(Step::LetGo {
+                            task_id: id(),
+                            owner: owner.cloned(),
+                        });
                     }
                     Desired::HandedOff { .. } => steps.push(Step::CheckHandOff { task_id: id() }),
                     Desired::Running | Desired::Detached => {}
@@ -365,7 +405,10 @@ mod tests {
             stop_code: stop_code.map(Into::into),
             stopped_reason: stop_code.map(|_| "Essential container in task exited".into()),
             tags: [
-                (crate::reconcile::TAG_DRIVER.to_string(), crate::reconcile::DRIVER_ID.to_string()),
+                (
+                    crate::reconcile::TAG_DRIVER.to_string(),
+                    crate::reconcile::DRIVER_ID.to_string(),
+                ),
                 (crate::reconcile::TAG_ALLOC_ID.to_string(), "a1".to_string()),
             ]
             .into_iter()
@@ -381,7 +424,8 @@ mod tests {
     }
 
     fn foreign(mut t: EcsTask) -> EcsTask {
-        t.tags.insert(crate::reconcile::TAG_ALLOC_ID.to_string(), "a2".to_string());
+        t.tags
+            .insert(crate::reconcile::TAG_ALLOC_ID.to_string(), "a2".to_string());
         t
     }
 
@@ -415,7 +459,12 @@ mod tests {
         let stopping = Desired::Stopping {
             deadline_ms: NOW + 5_000,
         };
-        type Case = (&'static str, TaskRecord, HashMap<String, Observed>, Vec<&'static str>);
+        type Case = (
+            &'static str,
+            TaskRecord,
+            HashMap<String, Observed>,
+            Vec<&'static str>,
+        );
         let cases: Vec<Case> = vec![
             ("a new intent is run", record(), HashMap::new(), vec!["run"]),
             (
@@ -549,25 +598,40 @@ mod tests {
             ),
             (
                 "a task another allocation owns is let go, never stopped",
-                TaskRecord { desired: Desired::Stopping { deadline_ms: NOW }, ..observed_running(running()) },
+                TaskRecord {
+                    desired: Desired::Stopping { deadline_ms: NOW },
+                    ..observed_running(running())
+                },
                 seen(foreign(task("RUNNING", None, None))),
                 vec!["observe", "let_go"],
             ),
             (
                 "a task without our tags is never stopped",
-                TaskRecord { desired: Desired::Destroyed, ..observed_running(running()) },
-                seen(EcsTask { tags: Default::default(), ..task("RUNNING", None, None) }),
+                TaskRecord {
+                    desired: Desired::Destroyed,
+                    ..observed_running(running())
+                },
+                seen(EcsTask {
+                    tags: Default::default(),
+                    ..task("RUNNING", None, None)
+                }),
                 vec!["observe", "let_go"],
             ),
             (
                 "a handed-off task still ours is checked with Nomad",
-                TaskRecord { desired: Desired::HandedOff { since_ms: NOW - 1 }, ..observed_running(running()) },
+                TaskRecord {
+                    desired: Desired::HandedOff { since_ms: NOW - 1 },
+                    ..observed_running(running())
+                },
                 seen(task("RUNNING", None, None)),
                 vec!["check_handoff"],
             ),
             (
                 "a handed-off task a replacement adopted is let go",
-                TaskRecord { desired: Desired::HandedOff { since_ms: NOW - 1 }, ..observed_running(running()) },
+                TaskRecord {
+                    desired: Desired::HandedOff { since_ms: NOW - 1 },
+                    ..observed_running(running())
+                },
                 seen(foreign(task("RUNNING", None, None))),
                 vec!["observe", "let_go"],
             ),
