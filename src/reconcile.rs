@@ -594,13 +594,7 @@ impl Reconciler {
                         if rec.desired == Desired::Destroyed {
                             self.hub.forget(&task_id)?;
                         } else if rec.exit.is_none() {
-                            rec.exit = Some(ExitRecord {
-                                exit_code: 0,
-                                signal: 0,
-                                oom_killed: false,
-                                err: None,
-                                at_ms: now_ms(),
-                            });
+                            rec.exit = Some(ExitRecord::clean(now_ms()));
                             self.hub.put(&rec)?;
                         }
                     }
@@ -674,13 +668,7 @@ impl Reconciler {
                     }
                     Ok(StopOutcome::NotFound) => {
                         if rec.exit.is_none() {
-                            rec.exit = Some(ExitRecord {
-                                exit_code: 0,
-                                signal: 0,
-                                oom_killed: false,
-                                err: None,
-                                at_ms: now_ms(),
-                            });
+                            rec.exit = Some(ExitRecord::clean(now_ms()));
                         }
                         if rec.desired == Desired::Destroyed {
                             self.hub.forget(&task_id)?;
@@ -713,13 +701,7 @@ impl Reconciler {
                     ),
                 );
                 if rec.exit.is_none() {
-                    rec.exit = Some(ExitRecord {
-                        exit_code: 0,
-                        signal: 0,
-                        oom_killed: false,
-                        err: None,
-                        at_ms: now_ms(),
-                    });
+                    rec.exit = Some(ExitRecord::clean(now_ms()));
                 }
                 if matches!(rec.desired, Desired::Destroyed | Desired::HandedOff { .. }) {
                     self.hub.forget(&task_id)?;

@@ -185,25 +185,6 @@ impl Node {
     }
 }
 
-fn ecs_client(endpoint: &str) -> aws_sdk_ecs::Client {
-    let conf = aws_sdk_ecs::Config::builder()
-        .behavior_version(aws_sdk_ecs::config::BehaviorVersion::latest())
-        .region(aws_sdk_ecs::config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_ecs::config::Credentials::new(
-            "test", "test", None, None, "test",
-        ))
-        .endpoint_url(endpoint)
-        .http_client(aws_smithy_http_client::Builder::new().build_http())
-        .build();
-    aws_sdk_ecs::Client::from_conf(conf)
-}
-
-fn arn_of(handle: &pb::TaskHandle) -> String {
-    nomad_driver_ecs::driver::handle::DriverState::decode(&handle.driver_state)
-        .unwrap()
-        .arn
-}
-
 fn alloc(spec: &TaskSpec) -> AllocState {
     AllocState::running(&spec.alloc_id, JOB)
 }

@@ -307,13 +307,7 @@ impl Driver {
                             "a drain migrates it"
                         };
                         rec.desired = Desired::HandedOff { since_ms: now_ms() };
-                        rec.exit = Some(ExitRecord {
-                            exit_code: 0,
-                            signal: 0,
-                            oom_killed: false,
-                            err: None,
-                            at_ms: now_ms(),
-                        });
+                        rec.exit = Some(ExitRecord::clean(now_ms()));
                         hub.put(&rec).map_err(store_err)?;
                         hub.emit(
                             &rec,
@@ -336,13 +330,7 @@ impl Driver {
         }
         if signal == DETACH {
             rec.desired = Desired::Detached;
-            rec.exit = Some(ExitRecord {
-                exit_code: 0,
-                signal: 0,
-                oom_killed: false,
-                err: None,
-                at_ms: now_ms(),
-            });
+            rec.exit = Some(ExitRecord::clean(now_ms()));
             hub.put(&rec).map_err(store_err)?;
             hub.emit(
                 &rec,

@@ -28,13 +28,7 @@ pub fn stop_was_requested(rec: &TaskRecord) -> bool {
 pub fn exit_from(rec: &TaskRecord, task: &EcsTask, at_ms: u64) -> ExitRecord {
     let stop_code = task.stop_code.as_deref();
     if stop_was_requested(rec) && matches!(stop_code, None | Some("UserInitiated")) {
-        return ExitRecord {
-            exit_code: 0,
-            signal: 0,
-            oom_killed: false,
-            err: None,
-            at_ms,
-        };
+        return ExitRecord::clean(at_ms);
     }
     let exited: Vec<_> = task
         .containers
@@ -87,13 +81,7 @@ pub fn exit_from(rec: &TaskRecord, task: &EcsTask, at_ms: u64) -> ExitRecord {
 /// The exit result for a task ECS no longer knows.
 pub fn lost(rec: &TaskRecord, arn: &str, missing_for_ms: u64, at_ms: u64) -> ExitRecord {
     if stop_was_requested(rec) {
-        return ExitRecord {
-            exit_code: 0,
-            signal: 0,
-            oom_killed: false,
-            err: None,
-            at_ms,
-        };
+        return ExitRecord::clean(at_ms);
     }
     ExitRecord {
         exit_code: 1,
@@ -111,37 +99,11 @@ pub fn lost(rec: &TaskRecord, arn: &str, missing_for_ms: u64, at_ms: u64) -> Exi
 mod tests {
     use super::*;
     use crate::ecs::ContainerState;
-    use crate::store::record::{RunParams, Slot};
 
     fn rec(desired: Desired) -> TaskRecord {
         TaskRecord {
-            task_id: "a/t/1".into(),
-            alloc_id: "a".into(),
-            task_name: "t".into(),
-            slot: Slot {
-                namespace: "n".into(),
-                job: "j".into(),
-                group: "g".into(),
-                alloc_index: 0,
-                task: "t".into(),
-            },
             desired,
-            client_token: "x".into(),
-            cluster: "c".into(),
-            region: "r".into(),
-            task_definition: "d".into(),
-            arn: None,
-            observed: None,
-            exit: None,
-            created_ms: 0,
-            updated_ms: 0,
-            started_ms: None,
-            run: RunParams::default(),
-            run_requested_ms: None,
-            run_attempts: 0,
-            start_error: None,
-            stop_requested_ms: None,
-            last_error: None,
+            ..crate::store::record::fixture::intent_to_run("a/t/1")
         }
     }
 

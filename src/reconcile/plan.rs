@@ -347,41 +347,12 @@ fn event_text(task: &EcsTask) -> String {
 mod tests {
     use super::*;
     use crate::ecs::ContainerState;
-    use crate::store::record::{RunParams, Slot};
 
     const NOW: u64 = 1_000_000;
     const ARN: &str = "arn:aws:ecs:us-east-1:123456789012:task/nomad/t1";
 
     fn record() -> TaskRecord {
-        TaskRecord {
-            task_id: "a1/web/00000001".into(),
-            alloc_id: "a1".into(),
-            task_name: "web".into(),
-            slot: Slot {
-                namespace: "default".into(),
-                job: "j".into(),
-                group: "g".into(),
-                alloc_index: 0,
-                task: "web".into(),
-            },
-            desired: Desired::Running,
-            client_token: "tok".into(),
-            cluster: "nomad".into(),
-            region: "us-east-1".into(),
-            task_definition: "web:1".into(),
-            arn: None,
-            observed: None,
-            exit: None,
-            created_ms: NOW - 10_000,
-            updated_ms: NOW - 10_000,
-            started_ms: None,
-            run: RunParams::default(),
-            run_requested_ms: None,
-            run_attempts: 0,
-            start_error: None,
-            stop_requested_ms: None,
-            last_error: None,
-        }
+        crate::store::record::fixture::intent_to_run("a1/web/00000001")
     }
 
     fn running() -> TaskRecord {

@@ -199,6 +199,20 @@ pub struct ExitRecord {
     pub at_ms: u64,
 }
 
+impl ExitRecord {
+    /// A clean exit (code 0, no error) at `at_ms`: a stop Nomad asked for,
+    /// a detach, a hand-off.
+    pub fn clean(at_ms: u64) -> Self {
+        Self {
+            exit_code: 0,
+            signal: 0,
+            oom_killed: false,
+            err: None,
+            at_ms,
+        }
+    }
+}
+
 /// Everything the driver persists about one Nomad task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskRecord {

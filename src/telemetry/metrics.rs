@@ -638,6 +638,11 @@ mod tests {
             Some(1.0)
         );
         assert_eq!(one(STORE_WRITE, "db.operation.name=put"), Some(1.0));
-        assert_eq!(one(STORE_SIZE, ""), Some(4096.0));
+        // The size gauge is process-wide: under `cargo test` other tests' stores
+        // report into it too, so only its presence is certain here.
+        assert!(
+            one(STORE_SIZE, "").is_some_and(|v| v > 0.0),
+            "store size reported"
+        );
     }
 }

@@ -203,3 +203,25 @@ pub fn uuid_like() -> String {
         rand_u32() & 0xffff
     )
 }
+
+/// An ECS client straight to `endpoint` (moto itself, bypassing the proxy's
+/// counters), with the emulator's dummy credentials.
+pub fn ecs_client(endpoint: &str) -> aws_sdk_ecs::Client {
+    let conf = aws_sdk_ecs::Config::builder()
+        .behavior_version(aws_sdk_ecs::config::BehaviorVersion::latest())
+        .region(aws_sdk_ecs::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_ecs::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .endpoint_url(endpoint)
+        .http_client(aws_smithy_http_client::Builder::new().build_http())
+        .build();
+    aws_sdk_ecs::Client::from_conf(conf)
+}
+
+/// The ECS task ARN in a handle's `driver_state`.
+pub fn arn_of(handle: &nomad_driver_ecs::proto::drivers::TaskHandle) -> String {
+    nomad_driver_ecs::driver::handle::DriverState::decode(&handle.driver_state)
+        .expect("our driver_state")
+        .arn
+}
