@@ -284,6 +284,7 @@ pub struct Reconciler {
     triggers: mpsc::UnboundedReceiver<Trigger>,
     self_trigger: mpsc::UnboundedSender<Trigger>,
     pass_stats: Arc<std::sync::Mutex<PassStats>>,
+    regional: Mutex<HashMap<String, Ecs>>,
 }
 
 impl Reconciler {
@@ -318,6 +319,7 @@ impl Reconciler {
                 triggers: rx,
                 self_trigger: tx,
                 pass_stats,
+                regional: Mutex::default(),
             },
             handle,
         )
@@ -463,7 +465,11 @@ impl Reconciler {
                 .filter_map(|id| self.hub.store.get(id).ok().flatten())
                 .collect(),
         };
-        let observed = observe(&ecs, &records).await;
+        let observed = self.observe(&ecs, &records).await;
+        let regions: HashMap<&str, &str> = records
+            .iter()
+            .map(|r| (r.task_id.as_str(), r.region.as_str()))
+            .collect();
         let now = now_ms();
         let steps = plan::plan(&records, &observed, now, &self.policy);
         let n_steps = steps.len();
@@ -481,7 +487,10 @@ impl Reconciler {
                     span.record("aws.ecs.task.arn", arn.as_str());
                 }
             }
-            if let Err(e) = self.apply(&ecs, step).instrument(span).await {
+            let client = self
+                .client_for(&ecs, regions.get(step.task_id()).copied().unwrap_or(""))
+                .await;
+            if let Err(e) = self.apply(&client, step).instrument(span).await {
                 tracing::error!(error = %e, "applying a reconcile step failed");
             }
         }
@@ -534,6 +543,49 @@ impl Reconciler {
                 (r.task_id.clone(), is_settled)
             })
             .collect()
+    }
+
+    /// Observe every record, each through the client of its own region: a
+    /// task keeps living in the region it was started in, whatever the
+    /// plugin config says later (upstream lost such tasks).
+    async fn observe(&self, current: &Ecs, records: &[TaskRecord]) -> HashMap<String, Observed> {
+        let mut by_region: BTreeMap<&str, Vec<&TaskRecord>> = BTreeMap::new();
+        for r in records {
+            by_region.entry(r.region.as_str()).or_default().push(r);
+        }
+        let mut out = HashMap::new();
+        for (region, recs) in by_region {
+            let client = self.client_for(current, region).await;
+            out.extend(observe_in(&client, &recs).await);
+        }
+        out
+    }
+
+    /// The ECS client for `region`: the configured one, or one built (and
+    /// kept) with the same settings for a region a record lives in.
+    async fn client_for(&self, current: &Ecs, region: &str) -> Ecs {
+        if region.is_empty() || region == current.region() {
+            return current.clone();
+        }
+        let mut others = self.regional.lock().await;
+        if let Some(c) = others.get(region) {
+            return c.clone();
+        }
+        let settings = Settings {
+            region: Some(region.to_string()),
+            ..self.settings.clone()
+        };
+        match Ecs::connect(&settings).await {
+            Ok(c) => {
+                tracing::info!(region, "ECS client for tasks started in another region");
+                others.insert(region.to_string(), c.clone());
+                c
+            }
+            Err(e) => {
+                tracing::warn!(region, error = %e, "no ECS client for this region; using the configured one");
+                current.clone()
+            }
+        }
     }
 
     async fn apply(&self, ecs: &Ecs, step: Step) -> Result<(), StoreError> {
@@ -969,8 +1021,9 @@ fn settled(rec: &TaskRecord) -> bool {
     }
 }
 
-/// DescribeTasks for the records that need it, grouped by cluster.
-async fn observe(ecs: &Ecs, records: &[TaskRecord]) -> HashMap<String, Observed> {
+/// DescribeTasks for the records that need it, grouped by cluster, all in
+/// one region (the caller groups by region).
+async fn observe_in(ecs: &Ecs, records: &[&TaskRecord]) -> HashMap<String, Observed> {
     let mut by_cluster: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for r in records {
         let wanted = r.desired != Desired::Detached

@@ -739,3 +739,32 @@ async fn a_crash_between_runtask_and_recording_the_arn_leaves_no_duplicate() {
     assert_eq!(all, vec![arn.clone()], "exactly one ECS task for the slot");
     p.kill().await;
 }
+
+#[tokio::test]
+async fn a_task_is_still_watched_in_its_own_region_after_the_config_moves_to_another() {
+    let st = stack().await;
+    let spec = TaskSpec::new();
+    let id = spec.new_task_id();
+    let arn = arn_of(&st.start(&spec, &id).await.unwrap());
+    let mut moved = config(&st.proxy.endpoint(), st.state.path());
+    moved.push(("region", s("us-west-2")));
+    st.node
+        .process()
+        .base()
+        .set_config(base::SetConfigRequest {
+            msgpack_config: plugin_config(&moved),
+            nomad_config: Some(default_nomad_config()),
+            plugin_api_version: "v0.1.0".into(),
+        })
+        .await
+        .expect("SetConfig with another region");
+    st.proxy.exit_task(&arn, 3).await.unwrap();
+    let exit = st.wait(&id).await;
+    assert_eq!(
+        exit.result.unwrap().exit_code,
+        3,
+        "observed in us-east-1, where it runs: {}",
+        exit.err
+    );
+    st.node.shutdown().await;
+}
