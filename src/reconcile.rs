@@ -851,18 +851,15 @@ pub async fn sweep(
     api: &NomadApi,
     settings: &Settings,
 ) -> Result<usize, EcsError> {
-    let known: HashSet<String> = hub
-        .store()
-        .list()
-        .map(|l| l.records.into_iter().filter_map(|r| r.arn).collect())
-        .unwrap_or_default();
+    let records = hub.store().list().map(|l| l.records).unwrap_or_default();
+    let mut stopped = stale_records(hub, api, settings, &records).await;
+    let known: HashSet<String> = records.into_iter().filter_map(|r| r.arn).collect();
     let running = ecs.list_running(&settings.cluster).await?;
     let unknown: Vec<String> = running.into_iter().filter(|a| !known.contains(a)).collect();
     if unknown.is_empty() {
-        return Ok(0);
+        return Ok(stopped);
     }
     let (tasks, _) = ecs.describe_tasks(&settings.cluster, &unknown).await?;
-    let mut stopped = 0;
     for t in tasks {
         if t.tags.get(TAG_DRIVER).map(String::as_str) != Some(DRIVER_ID) || t.is_stopped() {
             continue; // not ours: never touched
@@ -920,6 +917,53 @@ pub async fn sweep(
         }
     }
     Ok(stopped)
+}
+
+/// Records of running tasks whose allocation Nomad no longer runs (gone,
+/// or terminal and told to stop, for longer than `handoff_grace`): Nomad will
+/// never call DestroyTask for them (its client state was lost), so the
+/// driver destroys them itself. Returns how many it marked.
+async fn stale_records(
+    hub: &Hub,
+    api: &NomadApi,
+    settings: &Settings,
+    records: &[TaskRecord],
+) -> usize {
+    let mut marked = 0;
+    for rec in records
+        .iter()
+        .filter(|r| r.desired == Desired::Running && r.exit.is_none() && r.arn.is_some())
+    {
+        let verdict = match api.allocation(&rec.alloc_id).await {
+            Ok(None) => Some(format!("allocation {} is gone from Nomad", rec.alloc_id)),
+            Ok(Some(a)) if a.is_terminal() && a.desired_status == "stop" => {
+                let age = Duration::from_millis(
+                    now_ms().saturating_sub(u64::try_from(a.modify_time / 1_000_000).unwrap_or(0)),
+                );
+                (age >= settings.handoff_grace).then(|| {
+                    format!(
+                        "allocation {} is {} and stopped",
+                        rec.alloc_id, a.client_status
+                    )
+                })
+            }
+            Ok(Some(_)) => None,
+            Err(e) => {
+                tracing::debug!(error = %e, "sweep: Nomad API unavailable; keeping the record");
+                None
+            }
+        };
+        if let Some(reason) = verdict {
+            let mut rec = rec.clone();
+            tracing::info!(nomad.task.id = %rec.task_id, aws.ecs.task.arn = rec.arn.as_deref().unwrap_or(""), reason = %reason, "orphan sweep: destroying a task Nomad no longer tracks");
+            rec.desired = Desired::Destroyed;
+            if hub.put(&rec).is_ok() {
+                hub.emit(&rec, format!("stopping ECS task: {reason}"));
+                marked += 1;
+            }
+        }
+    }
+    marked
 }
 
 /// Why a handed-off task should now be stopped, or `None` to keep waiting

@@ -515,3 +515,33 @@ async fn on_nomad_1_9_node_loss_uses_the_propagated_handle_and_detach() {
     a2.plugin.kill().await;
     b.plugin.kill().await;
 }
+
+#[tokio::test]
+async fn a_task_whose_allocation_nomad_forgot_is_stopped_by_the_sweep() {
+    let c = cluster().await;
+    let a = c.node().await;
+    let spec = TaskSpec {
+        job: JOB.into(),
+        ..TaskSpec::new()
+    };
+    c.api.put_alloc(alloc(&spec));
+    let (_id, arn) = a.start(&c, &spec).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        c.ecs_task(&arn).await.last_status(),
+        Some("RUNNING"),
+        "a live allocation's task is kept"
+    );
+    // The client lost its state and the job was purged: nobody will ever
+    // call StopTask or DestroyTask for this task.
+    c.api.purge_job(JOB);
+    assert!(
+        c.eventually_stopped(&arn, Duration::from_secs(15)).await,
+        "not left running forever"
+    );
+    assert!(
+        a.stderr_mentions("destroying a task Nomad no longer tracks"),
+        "the decision is logged"
+    );
+    a.plugin.kill().await;
+}

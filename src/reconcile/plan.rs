@@ -16,6 +16,10 @@ pub struct Policy {
     pub missing_grace_ms: u64,
     /// How long after a StopTask we send it again if ECS still runs the task.
     pub stop_retry_ms: u64,
+    /// How long the record of an exited task is kept for a WaitTask or
+    /// DestroyTask that never comes (Nomad lost its state), before it is
+    /// forgotten.
+    pub exited_retention_ms: u64,
     /// How long after a RunTask attempt we try again (same client token).
     pub run_retry_ms: u64,
 }
@@ -36,6 +40,7 @@ impl Default for Policy {
             missing_grace_ms: 120_000,
             stop_retry_ms: 15_000,
             run_retry_ms: 2_000,
+            exited_retention_ms: 86_400_000,
         }
     }
 }
@@ -161,6 +166,13 @@ fn plan_one(
     steps: &mut Vec<Step>,
 ) {
     let id = || rec.task_id.clone();
+    if let Some(exit) = &rec.exit
+        && !matches!(rec.desired, Desired::HandedOff { .. })
+        && now_ms.saturating_sub(exit.at_ms) >= policy.exited_retention_ms
+    {
+        steps.push(Step::Forget { task_id: id() });
+        return;
+    }
     let Some(arn) = rec.arn.as_deref() else {
         match rec.desired {
             Desired::Running if rec.exit.is_none() && rec.start_error.is_none() => {
@@ -668,6 +680,31 @@ mod tests {
             panic!("{steps:?}")
         };
         assert_eq!((exit.exit_code, exit.err.as_deref()), (0, None));
+    }
+
+    #[test]
+    fn an_exited_record_nobody_collects_is_forgotten_after_the_retention() {
+        let policy = Policy::default();
+        let exited = TaskRecord {
+            exit: Some(ExitRecord::clean(NOW)),
+            ..running()
+        };
+        assert!(
+            plan(
+                std::slice::from_ref(&exited),
+                &HashMap::new(),
+                NOW + 1_000,
+                &policy
+            )
+            .is_empty()
+        );
+        let steps = plan(
+            &[exited],
+            &HashMap::new(),
+            NOW + policy.exited_retention_ms,
+            &policy,
+        );
+        assert_eq!(kinds(&steps), vec!["forget"]);
     }
 
     #[test]
