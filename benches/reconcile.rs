@@ -262,7 +262,7 @@ fn print_table(_: &mut Criterion) {
     );
     println!();
     println!(
-        "  {:>5} | {:<20} | {:>5} | {:>10} | {:<20} | {:>5} | {:>10} | {:>10} | {:>7}",
+        "  {:>5} | {:<20} | {:>5} | {:>10} | {:<20} | {:>5} | {:>10} | {:>10} | {:>7} | {:>9}",
         "N",
         "warm-up pass calls",
         "steps",
@@ -271,10 +271,12 @@ fn print_table(_: &mut Criterion) {
         "steps",
         "steady",
         "of it ECS",
-        "period"
+        "period",
+        "RSS"
     );
     for n in SIZES {
         let mut bench = Bench::new(n);
+        let rss_before = rss_kib();
         let mut steady = Vec::new();
         for _ in 0..PASSES {
             steady.push(bench.measured_pass());
@@ -303,7 +305,7 @@ fn print_table(_: &mut Criterion) {
                 .collect(),
         );
         println!(
-            "  {:>5} | {:<20} | {:>5} | {:>10} | {:<20} | {:>5} | {:>10} | {:>10} | {:>7}",
+            "  {:>5} | {:<20} | {:>5} | {:>10} | {:<20} | {:>5} | {:>10} | {:>10} | {:>7} | {:>9}",
             n,
             format_calls(&bench.warm_up.calls),
             bench.warm_up.steps,
@@ -313,6 +315,7 @@ fn print_table(_: &mut Criterion) {
             micros(median(steady.iter().map(|p| p.took).collect())),
             micros(ecs_only),
             format!("{:?}", derived_period(n, &defaults)),
+            format!("{} KiB", rss_kib().max(rss_before)),
         );
     }
     let stretch_from = (1..)
@@ -321,6 +324,9 @@ fn print_table(_: &mut Criterion) {
     println!(
         "  steady and \"of it ECS\": medians of {PASSES} passes; the warm-up pass records \
          the N observations (one store write each)"
+    );
+    println!(
+        "  RSS: the bench process's resident set after the N-task passes (from /proc/self/statm)"
     );
     println!(
         "  derived: the period first exceeds {:?} at N = {stretch_from}",
@@ -346,3 +352,16 @@ fn bench_pass(c: &mut Criterion) {
 
 criterion_group!(benches, print_table, bench_pass);
 criterion_main!(benches);
+
+/// Resident set size of this process in KiB (0 where /proc is absent).
+fn rss_kib() -> u64 {
+    let page_kib = 4;
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
+        .map_or(0, |pages| pages * page_kib)
+}
