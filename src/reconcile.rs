@@ -404,15 +404,6 @@ impl Reconciler {
                     followups.insert(id, (Instant::now() + backoff, backoff, parent));
                 }
             }
-            for (id, due) in scope {
-                followups.entry(id).or_insert_with(|| {
-                    (
-                        Instant::now() + Duration::from_millis(500),
-                        Duration::from_millis(500),
-                        due.parent,
-                    )
-                });
-            }
         }
     }
 

@@ -37,10 +37,17 @@ fn config(
 }
 
 async fn stack() -> Stack {
+    stack_with(&[]).await
+}
+
+/// A stack whose plugin config adds (or overrides) `extra`.
+async fn stack_with(extra: &[(&'static str, nomad_driver_ecs::cty::Value)]) -> Stack {
     let emu = emulator::start_default("nomad").await.expect("moto");
     let proxy = EcsProxy::start(emu.endpoint()).await.expect("proxy");
     let state = tempfile::tempdir().unwrap();
-    let nomad = nomad(&config(&proxy.endpoint(), state.path()));
+    let mut cfg = config(&proxy.endpoint(), state.path());
+    cfg.extend(extra.iter().cloned());
+    let nomad = nomad(&cfg);
     let loaded = nomad.load().await.expect("load sequence");
     Stack {
         emu,
@@ -765,6 +772,25 @@ async fn a_task_is_still_watched_in_its_own_region_after_the_config_moves_to_ano
         3,
         "observed in us-east-1, where it runs: {}",
         exit.err
+    );
+    st.node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_settled_task_costs_about_one_describe_per_reconcile_period() {
+    let st = stack_with(&[("reconcile_interval", s("3s"))]).await;
+    let spec = TaskSpec::new();
+    let id = spec.new_task_id();
+    st.start(&spec, &id).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = st.proxy.calls("DescribeTasks");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let during = st.proxy.calls("DescribeTasks") - before;
+    // reconcile_interval is 3 s: two or three full passes, and no per-task
+    // polling on top once the task is RUNNING.
+    assert!(
+        (1..=3).contains(&during),
+        "{during} DescribeTasks calls in 6 s for one settled task"
     );
     st.node.shutdown().await;
 }
