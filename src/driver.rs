@@ -127,23 +127,28 @@ impl Driver {
         } else {
             Err("disabled".to_string())
         };
-        let nomad = match settings
-            .nomad_api()
-            .map(|c| crate::nomad::NomadApi::new(&c))
-        {
-            None => {
-                if settings.enabled && !unchanged {
-                    tracing::warn!(
-                        "no Nomad API address (nomad_address or NOMAD_ADDR): drains and node loss stop ECS tasks \
+        let nomad = if unchanged {
+            // Same settings: keep the client (building one reads the CA files).
+            self.configured().and_then(|c| c.nomad.clone())
+        } else {
+            match settings
+                .nomad_api()
+                .map(|c| crate::nomad::NomadApi::new(&c))
+            {
+                None => {
+                    if settings.enabled {
+                        tracing::warn!(
+                            "no Nomad API address (nomad_address or NOMAD_ADDR): drains and node loss stop ECS tasks \
                          instead of handing them over, and the orphan sweep is off"
-                    );
+                        );
+                    }
+                    None
                 }
-                None
-            }
-            Some(Ok(api)) => Some(api),
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "the Nomad API client cannot be built; running without it (safe mode)");
-                None
+                Some(Ok(api)) => Some(api),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "the Nomad API client cannot be built; running without it (safe mode)");
+                    None
+                }
             }
         };
         if for_real && settings.enabled {

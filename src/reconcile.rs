@@ -18,9 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::config::Settings;
-use crate::ecs::{Ecs, EcsError, RunOutcome, RunSpec, StopOutcome};
+use crate::ecs::{Ecs, EcsError, EcsTask, RunOutcome, RunSpec, StopOutcome};
 use crate::nomad::NomadApi;
-use crate::store::record::{Desired, ExitRecord, StartError, TaskRecord};
+use crate::store::record::{Desired, ExitRecord, Slot, StartError, TaskRecord};
 use crate::store::{Store, StoreError};
 use crate::task_config::{LaunchType, VpcConfig};
 use crate::telemetry::TraceParent;
@@ -852,10 +852,10 @@ pub async fn sweep(
     }
     let (tasks, _) = ecs.describe_tasks(&settings.cluster, &unknown).await?;
     for t in tasks {
-        if t.tags.get(TAG_DRIVER).map(String::as_str) != Some(DRIVER_ID) || t.is_stopped() {
+        if !t.is_ours() || t.is_stopped() {
             continue; // not ours: never touched
         }
-        let Some(owner) = t.tags.get(TAG_ALLOC_ID) else {
+        let Some(owner) = t.owner() else {
             continue;
         };
         let verdict = match api.allocation(owner).await {
@@ -1093,20 +1093,37 @@ async fn observe_in(ecs: &Ecs, records: &[&TaskRecord]) -> HashMap<String, Obser
 /// The ECS task a record's interrupted RunTask created, found through the
 /// slot digest (`startedBy`) and the task-id tag.
 async fn find_by_tags(ecs: &Ecs, rec: &TaskRecord) -> Result<Option<String>, EcsError> {
-    let arns = ecs
-        .list_started_by(&rec.cluster, &rec.slot.started_by())
-        .await?;
-    if arns.is_empty() {
-        return Ok(None);
-    }
-    let (tasks, _) = ecs.describe_tasks(&rec.cluster, &arns).await?;
-    Ok(tasks
+    Ok(slot_tasks(ecs, &rec.cluster, &rec.slot)
+        .await?
         .into_iter()
-        .find(|t| {
-            t.tags.get(TAG_TASK_ID) == Some(&rec.task_id)
-                && t.tags.get(TAG_DRIVER).map(String::as_str) == Some(DRIVER_ID)
-        })
+        .find(|t| t.is_ours() && t.tags.get(TAG_TASK_ID) == Some(&rec.task_id))
         .map(|t| t.arn))
+}
+
+/// Every ECS task of a slot (running first, then stopped), with its tags:
+/// ListTasks by the slot digest (`startedBy`), then DescribeTasks.
+///
+/// # Errors
+/// The first failing ECS call.
+pub async fn slot_tasks(ecs: &Ecs, cluster: &str, slot: &Slot) -> Result<Vec<EcsTask>, EcsError> {
+    let arns = ecs.list_started_by(cluster, &slot.started_by()).await?;
+    if arns.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(ecs.describe_tasks(cluster, &arns).await?.0)
+}
+
+impl EcsTask {
+    /// Whether this driver started it: it carries the driver tag. Tasks
+    /// without it are never stopped, adopted or reported on.
+    pub fn is_ours(&self) -> bool {
+        self.tags.get(TAG_DRIVER).map(String::as_str) == Some(DRIVER_ID)
+    }
+
+    /// The allocation its ownership tag names.
+    pub fn owner(&self) -> Option<&String> {
+        self.tags.get(TAG_ALLOC_ID)
+    }
 }
 
 fn truncate(s: &str, max: usize) -> String {

@@ -205,7 +205,8 @@ fn allowed_keys(allowed: &[&'static str]) -> String {
     format!("allowed keys are {}", listed.join(", "))
 }
 
-fn block_bounds(min: u64, max: u64) -> String {
+/// "at least N", "exactly N" or "between N and M" block(s), for messages.
+pub(crate) fn block_bounds(min: u64, max: u64) -> String {
     match max {
         0 => format!("at least {min}"),
         _ if min == max => format!("exactly {min}"),

@@ -64,8 +64,7 @@ impl Stack {
     }
 
     fn task_config(&self) -> Vec<u8> {
-        let seed = self.emu.seed();
-        ecs_task_config(&seed.task_definition, &seed.subnets, &seed.security_groups)
+        seeded_task_config(self.emu.seed())
     }
 
     async fn start(&self, spec: &TaskSpec, task_id: &str) -> Result<pb::TaskHandle, tonic::Status> {
@@ -126,15 +125,7 @@ impl Stack {
 
     /// The task as moto itself holds it (bypassing the proxy's counters).
     async fn ecs_task(&self, arn: &str) -> aws_sdk_ecs::types::Task {
-        let out = ecs_client(self.emu.endpoint())
-            .describe_tasks()
-            .cluster("nomad")
-            .tasks(arn)
-            .include(aws_sdk_ecs::types::TaskField::Tags)
-            .send()
-            .await
-            .unwrap();
-        out.tasks()[0].clone()
+        moto_task(self.emu.endpoint(), arn).await
     }
 
     async fn tasks_started_by(&self, started_by: &str) -> Vec<String> {
@@ -156,13 +147,6 @@ impl Stack {
         }
         all
     }
-}
-
-fn tag<'a>(task: &'a aws_sdk_ecs::types::Task, key: &str) -> Option<&'a str> {
-    task.tags()
-        .iter()
-        .find(|t| t.key() == Some(key))
-        .and_then(|t| t.value())
 }
 
 #[tokio::test]

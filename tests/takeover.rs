@@ -73,29 +73,15 @@ impl Cluster {
     }
 
     fn task_config(&self) -> Vec<u8> {
-        let seed = self.emu.seed();
-        ecs_task_config(&seed.task_definition, &seed.subnets, &seed.security_groups)
+        seeded_task_config(self.emu.seed())
     }
 
     async fn ecs_task(&self, arn: &str) -> aws_sdk_ecs::types::Task {
-        let out = ecs_client(self.emu.endpoint())
-            .describe_tasks()
-            .cluster("nomad")
-            .tasks(arn)
-            .include(aws_sdk_ecs::types::TaskField::Tags)
-            .send()
-            .await
-            .unwrap();
-        out.tasks()[0].clone()
+        moto_task(self.emu.endpoint(), arn).await
     }
 
     async fn owner(&self, arn: &str) -> Option<String> {
-        let t = self.ecs_task(arn).await;
-        t.tags()
-            .iter()
-            .find(|t| t.key() == Some("nomad:alloc-id"))
-            .and_then(|t| t.value())
-            .map(ToString::to_string)
+        tag(&self.ecs_task(arn).await, "nomad:alloc-id").map(ToString::to_string)
     }
 
     async fn eventually_stopped(&self, arn: &str, within: Duration) -> bool {

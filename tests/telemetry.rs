@@ -66,8 +66,7 @@ impl Stack {
     }
 
     async fn start(&self, spec: &TaskSpec, task_id: &str) -> String {
-        let seed = self.emu.seed();
-        let config = ecs_task_config(&seed.task_definition, &seed.subnets, &seed.security_groups);
+        let config = seeded_task_config(self.emu.seed());
         let resp = self
             .driver()
             .start_task(pb::StartTaskRequest {

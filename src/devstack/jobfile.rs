@@ -158,7 +158,7 @@ pub enum JobFileError {
         found: usize,
     },
     /// A block list with too few or too many blocks.
-    #[error("`{path}` has {count} block(s), expected {}", bounds(*min, *max))]
+    #[error("`{path}` has {count} block(s), expected {}", crate::schema::block_bounds(*min, *max))]
     BlockCount {
         /// Where.
         path: String,
@@ -213,14 +213,6 @@ fn allowed_list(allowed: &[String]) -> String {
     }
     let quoted: Vec<String> = allowed.iter().map(|key| format!("`{key}`")).collect();
     format!("allowed here: {}", quoted.join(", "))
-}
-
-fn bounds(min: u64, max: u64) -> String {
-    match max {
-        0 => format!("at least {min}"),
-        _ if min == max => format!("exactly {min}"),
-        _ => format!("between {min} and {max}"),
-    }
 }
 
 /// A job's `type`.

@@ -555,33 +555,16 @@ impl Driver {
             return Ok(None);
         }
         let ecs = rt.reconciler.ecs().await;
-        let candidates = match ecs
-            .list_started_by(&rec.cluster, &rec.slot.started_by())
+        let candidates = reconcile::slot_tasks(&ecs, &rec.cluster, &rec.slot)
             .await
-        {
-            Ok(arns) if !arns.is_empty() => match ecs.describe_tasks(&rec.cluster, &arns).await {
-                Ok((tasks, _)) => tasks,
-                Err(e) => {
-                    return Err(DriverError::StartFailed {
-                        message: format!("looking for the ECS task to adopt: {e}"),
-                        recoverable: true,
-                    });
-                }
-            },
-            Ok(_) => Vec::new(),
-            Err(e) => {
-                return Err(DriverError::StartFailed {
-                    message: format!("looking for the ECS task to adopt: {e}"),
-                    recoverable: true,
-                });
-            }
-        };
-        let Some(task) = candidates.into_iter().find(|t| {
-            !t.is_stopped()
-                && t.tags.get(reconcile::TAG_DRIVER).map(String::as_str)
-                    == Some(reconcile::DRIVER_ID)
-                && t.tags.get(reconcile::TAG_ALLOC_ID) == Some(&prev.id)
-        }) else {
+            .map_err(|e| DriverError::StartFailed {
+                message: format!("looking for the ECS task to adopt: {e}"),
+                recoverable: true,
+            })?;
+        let Some(task) = candidates
+            .into_iter()
+            .find(|t| !t.is_stopped() && t.is_ours() && t.owner() == Some(&prev.id))
+        else {
             return Ok(None);
         };
         ecs.tag_task(&task.arn, &reconcile::ownership_tags(rec, &rec.alloc_id))

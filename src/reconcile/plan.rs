@@ -233,10 +233,8 @@ fn plan_one(
             } else {
                 // Ownership: only a task that carries our tags and names this
                 // allocation as its owner is ever stopped.
-                let owner = task.tags.get(super::TAG_ALLOC_ID);
-                let ours = task.tags.get(super::TAG_DRIVER).map(String::as_str)
-                    == Some(super::DRIVER_ID)
-                    && owner.is_some_and(|a| a == &rec.alloc_id);
+                let owner = task.owner();
+                let ours = task.is_ours() && owner.is_some_and(|a| a == &rec.alloc_id);
                 match rec.desired {
                     Desired::Stopping { .. } | Desired::Destroyed if !ours => {
                         steps.push(Step::LetGo {
@@ -326,7 +324,7 @@ pub fn observation_of(task: &EcsTask, now_ms: u64) -> Observation {
         stopped_reason: task.stopped_reason.clone(),
         exit_code: container.and_then(|c| c.exit_code),
         container_reason: container.and_then(|c| c.reason.clone()),
-        owner_alloc: task.tags.get(super::TAG_ALLOC_ID).cloned(),
+        owner_alloc: task.owner().cloned(),
         observed_at_ms: now_ms,
         missing_since_ms: None,
     }

@@ -225,3 +225,29 @@ pub fn arn_of(handle: &nomad_driver_ecs::proto::drivers::TaskHandle) -> String {
         .expect("our driver_state")
         .arn
 }
+
+/// The task config for the emulator's seeded task definition and network.
+pub fn seeded_task_config(seed: &nomad_driver_ecs::devstack::emulator::Seed) -> Vec<u8> {
+    ecs_task_config(&seed.task_definition, &seed.subnets, &seed.security_groups)
+}
+
+/// The task as moto itself holds it in cluster `nomad`, with its tags.
+pub async fn moto_task(endpoint: &str, arn: &str) -> aws_sdk_ecs::types::Task {
+    let out = ecs_client(endpoint)
+        .describe_tasks()
+        .cluster("nomad")
+        .tasks(arn)
+        .include(aws_sdk_ecs::types::TaskField::Tags)
+        .send()
+        .await
+        .unwrap();
+    out.tasks()[0].clone()
+}
+
+/// The value of a task's tag.
+pub fn tag<'a>(task: &'a aws_sdk_ecs::types::Task, key: &str) -> Option<&'a str> {
+    task.tags()
+        .iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
+}
