@@ -162,12 +162,7 @@ impl Ecs {
                     .operation_timeout(Duration::from_secs(30))
                     .build(),
             )
-            .retry_config(
-                RetryConfig::adaptive()
-                    .with_max_attempts(4)
-                    .with_initial_backoff(Duration::from_millis(200))
-                    .with_max_backoff(Duration::from_secs(5)),
-            );
+            .retry_config(retry_config());
         if let Some(region) = &settings.region {
             loader = loader.region(aws_config::Region::new(region.clone()));
         }
@@ -191,13 +186,12 @@ impl Ecs {
                     .filter(|s| !s.is_empty())
             })
             .unwrap_or_else(|| format!("https://ecs.{region}.amazonaws.com"));
-        Ok(Self {
-            client: aws_sdk_ecs::Client::from_conf(conf.build()),
-            region,
-            endpoint,
-            budget: std::sync::Arc::new(Budget::new(settings.api_budget)),
-            calls: std::sync::Arc::default(),
-        })
+        Ok(Self::from_client(
+            aws_sdk_ecs::Client::from_conf(conf.build()),
+            &region,
+            &endpoint,
+            settings.api_budget,
+        ))
     }
 
     /// Wrap an SDK client built elsewhere (tests: aws-smithy-mocks clients).
@@ -525,6 +519,15 @@ impl Ecs {
     {
         crate::telemetry::record_ecs_error(operation, classify(operation, &self.endpoint, err))
     }
+}
+
+/// The SDK retry policy of every ECS client: adaptive mode, 4 attempts,
+/// backoff from 200 ms up to 5 s.
+pub fn retry_config() -> RetryConfig {
+    RetryConfig::adaptive()
+        .with_max_attempts(4)
+        .with_initial_backoff(Duration::from_millis(200))
+        .with_max_backoff(Duration::from_secs(5))
 }
 
 /// Access to a raw response's HTTP status, for the SDK's response types.

@@ -43,14 +43,7 @@ impl MockEcs {
     /// The retry configuration `Ecs::connect` gives the production client
     /// (adaptive, 4 attempts, 200 ms initial backoff, 5 s cap).
     fn with_production_retries(mode: RuleMode, rules: &[&Rule]) -> Self {
-        Self::with_retry_config(
-            mode,
-            rules,
-            RetryConfig::adaptive()
-                .with_max_attempts(4)
-                .with_initial_backoff(Duration::from_millis(200))
-                .with_max_backoff(Duration::from_secs(5)),
-        )
+        Self::with_retry_config(mode, rules, nomad_driver_ecs::ecs::retry_config())
     }
 
     fn with_retry_config(mode: RuleMode, rules: &[&Rule], retry: RetryConfig) -> Self {
